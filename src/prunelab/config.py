@@ -1,0 +1,116 @@
+"""Typed, strictly loaded configuration of a pruning run, and the versions saved beside it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .schedules import SCHEDULES
+from .scores import CRITERIA
+from .select import SCOPES
+from .targets import _parse_kinds
+
+MODES = ("enforced", "free")
+T = TypeVar("T")
+
+
+@dataclass
+class PruningConfig:
+    """What to prune, by which criterion, on which schedule, and how masks are enforced.
+
+    Attributes:
+        sparsity: Final fraction of zeros in [0, 1], per target (``scope='matrix'``) or overall.
+        criterion: ``magnitude`` or ``random`` (see ``scores.CRITERIA``).
+        scope: ``matrix`` (a threshold per target, the paper's default) or ``global`` (one threshold).
+        schedule: ``oneshot``, ``cubic`` or ``constant`` (see ``schedules``).
+        initial_sparsity: s_i of the cubic schedule.
+        start_step, end_step: t0 and t1 of the schedule (optimizer steps); ``oneshot`` prunes at t0.
+        update_every: Δt, steps between mask updates of the cubic schedule.
+        mode: ``enforced`` (pruned weights stay 0.0 through every step: the paper's *pruning*) or
+            ``free`` (zeroed at each mask update, then free to regrow: *information deletion*).
+        regrow: If False (default) masks are monotone: once pruned, stays pruned. If True every update
+            re-selects from all weights.
+        seed: Seed of stochastic criteria.
+        include, exclude: Kinds to keep / drop (see ``targets.KINDS``); ``include=None`` keeps all.
+        layers: Layer indices to prune; ``None`` prunes all layers.
+    """
+
+    sparsity: float = 0.5
+    criterion: str = "magnitude"
+    scope: str = "matrix"
+    schedule: str = "oneshot"
+    initial_sparsity: float = 0.0
+    start_step: int = 0
+    end_step: int = 10_000
+    update_every: int = 10
+    mode: str = "enforced"
+    regrow: bool = False
+    seed: int = 0
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    layers: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sparsity", "initial_sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
+        _check_choice("criterion", self.criterion, sorted(CRITERIA))
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("mode", self.mode, MODES)
+        if self.start_step < 0:
+            raise ValueError(f"start_step {self.start_step} is negative; steps count from 0")
+        if self.update_every < 1:
+            raise ValueError(f"update_every {self.update_every} must be >= 1")
+        if self.schedule == "cubic":
+            if self.end_step <= self.start_step:
+                raise ValueError(
+                    f"end_step {self.end_step} must be greater than start_step {self.start_step} for the cubic schedule"
+                )
+            if self.initial_sparsity > self.sparsity and not self.regrow:
+                raise ValueError(
+                    f"initial_sparsity {self.initial_sparsity} exceeds sparsity {self.sparsity}; masks are "
+                    "monotone, so the schedule must not decrease (or set regrow=True)"
+                )
+        self.exclude = sorted(_parse_kinds(self.exclude, "exclude"))
+        if self.include is not None:
+            self.include = sorted(_parse_kinds(self.include, "include"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PruningConfig":
+        return from_dict(cls, data, source)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown keys by name."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in {source}; allowed: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
+def versions() -> dict[str, str]:
+    """Versions of prunelab, torch and transformers, saved with every result."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"prunelab": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """Sorted, indented JSON: the form every prunelab JSON file is written in."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"

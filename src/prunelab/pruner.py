@@ -1,0 +1,265 @@
+"""The one stateful object: holds the masks of a model's targets, updates them on schedule, enforces them.
+
+Usable in any PyTorch loop::
+
+    pruner = Pruner(model, PruningConfig(sparsity=0.6, schedule="cubic", end_step=1000))
+    pruner.step(0)                      # prune before training if the schedule says so
+    for step, batch in enumerate(loader, start=1):
+        loss = model(**batch).loss; loss.backward()
+        optimizer.step(); optimizer.zero_grad()
+        pruner.step(step)               # one call after each optimizer step
+
+No forward hooks, no reparametrization: the model's state-dict keys never change. In ``enforced`` mode a
+gradient hook on each target zeroes the gradients of pruned weights (so clipping and optimizer state
+ignore them) and ``step`` re-zeroes the weights after every optimizer step, which keeps them exactly 0.0
+whatever the optimizer does (momentum, Adam moments, weight decay).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import PruningConfig, dumps
+from .report import sparsity_report
+from .schedules import is_update_step, sparsity_at
+from .select import compute_masks, num_to_prune
+from .targets import Target, get_parameter, resolve_targets
+
+logger = logging.getLogger(__name__)
+
+MASKS_FILE = "masks.safetensors"
+STATE_FILE = "pruner_state.json"
+
+
+class Pruner:
+    """Masks for the targets of one model, on one schedule.
+
+    Args:
+        model: A supported ``transformers`` model (any head class).
+        config: What and how to prune.
+        masks: Optional keep masks (target name -> bool tensor), e.g. from ``load_masks``; they become the
+            current masks (and the only ones, under the ``constant`` schedule).
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig | None = None, masks: dict[str, torch.Tensor] | None = None):
+        self.model = model
+        self.config = config or PruningConfig()
+        self.targets: list[Target] = resolve_targets(model, self.config.include, self.config.exclude, self.config.layers)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.last_update_step: int | None = None
+        self.target_sparsity = 0.0
+        self._params: dict[str, nn.Parameter] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._bind()
+        if masks is not None:
+            self.set_masks(masks, sparsity=None)
+
+    # -- schedule -------------------------------------------------------------------------------------
+
+    def step(self, step: int) -> None:
+        """Call after each optimizer step with the number of steps taken (0 before training).
+
+        Updates the masks when the schedule says so (or on the first call after the schedule started),
+        and in ``enforced`` mode re-zeroes pruned weights.
+        """
+        cfg = self.config
+        if cfg.schedule == "constant":
+            if not self.masks:
+                self.set_masks({t.name: self._params[t.name].detach() != 0 for t in self.targets}, sparsity=None)
+        else:
+            started = step >= cfg.start_step
+            due = is_update_step(step, schedule=cfg.schedule, start_step=cfg.start_step, end_step=cfg.end_step, every=cfg.update_every)
+            if due or (started and self.last_update_step is None):
+                self.update_masks(self.sparsity_at(step), step=step)
+                return
+        if cfg.mode == "enforced":
+            self.apply()
+
+    def sparsity_at(self, step: int) -> float:
+        cfg = self.config
+        return sparsity_at(step, schedule=cfg.schedule, final_sparsity=cfg.sparsity,
+                           initial_sparsity=cfg.initial_sparsity, start_step=cfg.start_step, end_step=cfg.end_step)
+
+    # -- masks ----------------------------------------------------------------------------------------
+
+    def update_masks(self, sparsity: float, step: int | None = None) -> None:
+        """Recompute masks at `sparsity` with the configured criterion and scope, zero the pruned weights,
+        and check the realized sparsity."""
+        cfg = self.config
+        self._bind()
+        weights = {t.name: self._params[t.name].detach() for t in self.targets}
+        previous = None if cfg.regrow or not self.masks else self.masks
+        masks = compute_masks(weights, sparsity, criterion=cfg.criterion, scope=cfg.scope, seed=cfg.seed, previous=previous)
+        self._check_counts(masks, sparsity)
+        self.set_masks(masks, sparsity=sparsity)
+        self.last_update_step = step
+        logger.debug("step %s: masks updated to sparsity %.4f", step, sparsity)
+
+    def set_masks(self, masks: dict[str, torch.Tensor], sparsity: float | None) -> None:
+        """Make `masks` the current masks, zero the weights they prune and verify the result.
+
+        `sparsity` is the target the masks were chosen for (``None``: take it from the masks).
+        """
+        names = {t.name for t in self.targets}
+        missing, extra = sorted(names - set(masks)), sorted(set(masks) - names)
+        if missing or extra:
+            raise ValueError(
+                f"masks do not match the model's targets: missing {missing[:3]}, unexpected {extra[:3]}; "
+                "were they saved for another architecture or another include/exclude selection?"
+            )
+        for t in self.targets:
+            if tuple(masks[t.name].shape) != t.shape:
+                raise ValueError(f"mask of {t.name!r} has shape {tuple(masks[t.name].shape)}, the weight {t.shape}")
+        self.masks = {t.name: masks[t.name].to(device=self._params[t.name].device, dtype=torch.bool) for t in self.targets}
+        if sparsity is None:
+            sparsity = self.mask_sparsity()
+        self.target_sparsity = sparsity
+        self.apply()
+        self.verify()
+        if self.config.mode == "enforced" and not self._hooks:
+            self._register_grad_hooks()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero the pruned weights in place."""
+        for name, mask in self.masks.items():
+            param = self._params[name]
+            if mask.device != param.device:  # the model moved since the masks were made
+                mask = self.masks[name] = mask.to(param.device)
+            param.mul_(mask)
+
+    def _check_counts(self, masks: dict[str, torch.Tensor], sparsity: float) -> None:
+        """New masks must prune exactly round(sparsity * n) per scope."""
+        pruned = {name: int((~mask).sum()) for name, mask in masks.items()}
+        groups = [self.targets] if self.config.scope == "global" else [[t] for t in self.targets]
+        for group in groups:
+            expected = num_to_prune(sparsity, sum(t.numel for t in group))
+            got = sum(pruned[t.name] for t in group)
+            if got != expected:
+                where = "over all targets" if len(group) > 1 else f"in {group[0].name!r}"
+                raise RuntimeError(f"masks prune {got} weights {where}, expected {expected} at sparsity {sparsity}")
+
+    def verify(self) -> None:
+        """Check that the live weights of the model are zero wherever the masks prune.
+
+        Raises:
+            RuntimeError: a pruned weight is not zero, naming the target (never a silent 0%).
+        """
+        self._bind()
+        for t in self.targets:
+            live = get_parameter(self.model, t).detach()
+            if int(torch.count_nonzero(live[~self.masks[t.name]])):
+                raise RuntimeError(
+                    f"weights of {t.name!r} are not zero where pruned; was the parameter replaced after the pruner was built?"
+                )
+
+    def mask_sparsity(self) -> float:
+        """Fraction of zeros over all current masks (0.0 before the first update)."""
+        total = sum(t.numel for t in self.targets)
+        return sum(int((~m).sum()) for m in self.masks.values()) / total if self.masks else 0.0
+
+    def metrics(self, per_target: bool = False) -> dict[str, float]:
+        """Namespaced figures for training logs: ``pruning/sparsity`` and optionally ``pruning/sparsity/<name>``."""
+        out = {"pruning/sparsity": self.mask_sparsity(), "pruning/target_sparsity": self.target_sparsity}
+        if per_target:
+            for name, m in self.masks.items():
+                out[f"pruning/sparsity/{name}"] = 1.0 - int(m.sum()) / m.numel()
+        return out
+
+    def report(self) -> dict:
+        """Realized sparsity of the live weights, per target, kind, layer and overall."""
+        return sparsity_report(self.model, self.targets, self.masks)
+
+    # -- enforcement hooks ----------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        """(Re)resolve the live parameters by name; re-hook if any parameter object was replaced."""
+        params = {t.name: get_parameter(self.model, t) for t in self.targets}
+        if self._params and any(params[n] is not self._params[n] for n in params) and self._hooks:
+            self.remove_hooks()
+            self._params = params
+            self._register_grad_hooks()
+        self._params = params
+
+    def _register_grad_hooks(self) -> None:
+        for name, param in self._params.items():
+            self._hooks.append(param.register_hook(lambda grad, name=name: grad * self.masks[name].to(grad.device)))
+
+    def remove_hooks(self) -> None:
+        """Remove the gradient hooks (the masks stay; weights are no longer held at zero)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # -- persistence ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "last_update_step": self.last_update_step,
+                "target_sparsity": self.target_sparsity, "masks": {n: m.cpu() for n, m in self.masks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.config = PruningConfig.from_dict(state["config"], "pruner state")
+        if state["masks"]:
+            self.set_masks(state["masks"], sparsity=state["target_sparsity"])
+        self.last_update_step = state["last_update_step"]
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``masks.safetensors`` and ``pruner_state.json`` into `directory` (e.g. a training checkpoint)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        save_masks(state.pop("masks"), directory / MASKS_FILE)
+        _atomic_write_text(directory / STATE_FILE, dumps(state))
+
+    def load(self, directory: str | os.PathLike) -> None:
+        """Restore what ``save`` wrote, so a resumed run continues exactly."""
+        directory = Path(directory)
+        state_path = directory / STATE_FILE
+        if not state_path.is_file():
+            raise FileNotFoundError(f"no pruner state in {directory} (expected {STATE_FILE}); was it saved with Pruner.save?")
+        state = json.loads(state_path.read_text())
+        state["masks"] = load_masks(directory / MASKS_FILE) if (directory / MASKS_FILE).is_file() else {}
+        self.load_state_dict(state)
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Save keep masks (bool) to a safetensors file, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, str(tmp),
+              metadata={"format": "prunelab-masks", "convention": "True = kept"})
+    os.replace(tmp, path)
+
+
+def load_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load keep masks saved by ``save_masks``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a valid safetensors file of bool masks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    try:
+        masks = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"mask file {path} is corrupt or not safetensors ({str(err).splitlines()[0]}); re-create it") from None
+    bad = [n for n, m in masks.items() if m.dtype != torch.bool]
+    if bad:
+        raise ValueError(f"mask file {path} holds non-boolean tensor {bad[0]!r}; masks are bool (True = kept)")
+    return masks
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,194 @@
+"""Which parameters of a transformer encoder are prunable: the architecture table and its resolution.
+
+The prunable set is the one of Gordon et al. (2020), "Compressing BERT": in every layer the query, key,
+value, attention-output, FFN-in and FFN-out weight matrices, plus the word embeddings and the pooler
+where the model has them. Biases, LayerNorms, position/type embeddings and task heads are never pruned.
+
+Architecture knowledge is data: ``ARCHITECTURES`` maps ``config.model_type`` to regular expressions over
+parameter names *relative to the base model* (``model.base_model``), so the same table serves
+``AutoModel``, ``...ForMaskedLM`` and ``...ForSequenceClassification`` alike, and heads are excluded by
+construction. A ``(\\d+)`` group in a pattern captures the layer index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Kinds in report order. `relative_position` is XLNet's positional projection `rel_attn.r`.
+KINDS = (
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "relative_position",
+    "ffn_in",
+    "ffn_out",
+    "embeddings",
+    "pooler",
+)
+
+_BERT_LIKE = {
+    "query": r"encoder\.layer\.(\d+)\.attention\.self\.query\.weight",
+    "key": r"encoder\.layer\.(\d+)\.attention\.self\.key\.weight",
+    "value": r"encoder\.layer\.(\d+)\.attention\.self\.value\.weight",
+    "attention_output": r"encoder\.layer\.(\d+)\.attention\.output\.dense\.weight",
+    "ffn_in": r"encoder\.layer\.(\d+)\.intermediate\.dense\.weight",
+    "ffn_out": r"encoder\.layer\.(\d+)\.output\.dense\.weight",
+    "embeddings": r"embeddings\.word_embeddings\.weight",
+    "pooler": r"pooler\.dense\.weight",
+}
+
+ARCHITECTURES: dict[str, dict[str, str]] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,  # ELECTRA has no pooler; an absent optional kind is fine.
+    "distilbert": {
+        "query": r"transformer\.layer\.(\d+)\.attention\.q_lin\.weight",
+        "key": r"transformer\.layer\.(\d+)\.attention\.k_lin\.weight",
+        "value": r"transformer\.layer\.(\d+)\.attention\.v_lin\.weight",
+        "attention_output": r"transformer\.layer\.(\d+)\.attention\.out_lin\.weight",
+        "ffn_in": r"transformer\.layer\.(\d+)\.ffn\.lin1\.weight",
+        "ffn_out": r"transformer\.layer\.(\d+)\.ffn\.lin2\.weight",
+        "embeddings": r"embeddings\.word_embeddings\.weight",
+    },
+    # XLNet's attention weights are raw 3-D parameters of shape (d_model, n_head, d_head).
+    "xlnet": {
+        "query": r"layer\.(\d+)\.rel_attn\.q",
+        "key": r"layer\.(\d+)\.rel_attn\.k",
+        "value": r"layer\.(\d+)\.rel_attn\.v",
+        "attention_output": r"layer\.(\d+)\.rel_attn\.o",
+        "relative_position": r"layer\.(\d+)\.rel_attn\.r",
+        "ffn_in": r"layer\.(\d+)\.ff\.layer_1\.weight",
+        "ffn_out": r"layer\.(\d+)\.ff\.layer_2\.weight",
+        "embeddings": r"word_embedding\.weight",
+    },
+}
+
+# Kinds every supported model must resolve; a table entry that matches none of them is a bug, not a model.
+_REQUIRED_KINDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out", "embeddings")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable weight.
+
+    Attributes:
+        name: Parameter name relative to the base model (e.g. ``encoder.layer.0.attention.self.query.weight``);
+            stable across head classes, and the key of its mask in ``masks.safetensors``.
+        param_name: Name of the same parameter in the model it was resolved on (with the head prefix).
+        kind: One of ``KINDS``.
+        layer: Layer index (0-based), or ``None`` for embeddings and pooler.
+        shape: Parameter shape.
+    """
+
+    name: str
+    param_name: str
+    kind: str
+    layer: int | None
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def _base_prefix(model: nn.Module) -> tuple[nn.Module, str]:
+    """The base encoder of `model` and the prefix of its parameter names inside `model`."""
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return model, ""
+    for name, module in model.named_children():
+        if module is base:
+            return base, name + "."
+    raise ValueError(f"cannot locate the base model of {type(model).__name__} among its children")
+
+
+def _parse_kinds(kinds: str | list[str] | tuple[str, ...] | None, what: str) -> set[str]:
+    if kinds is None:
+        return set()
+    items = kinds.split(",") if isinstance(kinds, str) else list(kinds)
+    items = [k.strip() for k in items if k.strip()]
+    unknown = [k for k in items if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown kind {unknown[0]!r} in {what}; allowed: {', '.join(KINDS)}")
+    return set(items)
+
+
+def resolve_targets(
+    model: nn.Module,
+    include: str | list[str] | None = None,
+    exclude: str | list[str] | None = None,
+    layers: list[int] | None = None,
+) -> list[Target]:
+    """Resolve the prunable targets of `model` from the architecture table.
+
+    Args:
+        model: A ``transformers`` model of a supported ``config.model_type``, any head class.
+        include: Kinds to keep (comma-separated string or list); ``None`` keeps all.
+        exclude: Kinds to drop, applied after `include`.
+        layers: Layer indices to keep; targets without a layer (embeddings, pooler) are kept unless
+            excluded by kind. ``None`` keeps all layers.
+
+    Returns:
+        Targets in parameter order (the order ties are broken in).
+
+    Raises:
+        ValueError: unknown model type or kind, a layer that does not exist, or a selection that is empty.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+        )
+    include_set, exclude_set = _parse_kinds(include, "include"), _parse_kinds(exclude, "exclude")
+    table = {kind: re.compile(pattern) for kind, pattern in ARCHITECTURES[model_type].items()}
+    base, prefix = _base_prefix(model)
+
+    found: list[Target] = []
+    for name, param in base.named_parameters():  # tied parameters appear once, under their first name
+        for kind, pattern in table.items():
+            match = pattern.fullmatch(name)
+            if match:
+                layer = int(match.group(1)) if match.groups() else None
+                found.append(Target(name, prefix + name, kind, layer, tuple(param.shape)))
+                break
+
+    missing = [k for k in _REQUIRED_KINDS if not any(t.kind == k for t in found)]
+    if missing:
+        raise ValueError(
+            f"the {model_type} table matched no parameter of kind {missing[0]!r} in {type(model).__name__}; "
+            "the model does not follow the standard transformers layout"
+        )
+    num_layers = 1 + max(t.layer for t in found if t.layer is not None)
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"layer {bad[0]} does not exist; the model has layers 0..{num_layers - 1}")
+
+    selected = [
+        t
+        for t in found
+        if (not include_set or t.kind in include_set)
+        and t.kind not in exclude_set
+        and (layers is None or t.layer is None or t.layer in layers)
+    ]
+    if not selected:
+        raise ValueError("the include/exclude/layers selection leaves no prunable weight; widen it")
+    return selected
+
+
+def get_parameter(model: nn.Module, target: Target) -> torch.nn.Parameter:
+    """The live parameter of `target` in `model` (looked up by name, so never a stale reference)."""
+    return model.get_parameter(target.param_name)
