@@ -57,6 +57,9 @@ class Pruner:
         self.last_update_step: int | None = None
         self.target_sparsity = 0.0
         self._params: dict[str, nn.Parameter] = {}
+        # Enforced mode keeps the masks also in each weight's dtype and device: multiplying by them is
+        # ~9x faster than by a bool mask, and this is the per-step path.
+        self._factors: dict[str, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._bind()
         if masks is not None:
@@ -71,13 +74,14 @@ class Pruner:
         and in ``enforced`` mode re-zeroes pruned weights.
         """
         cfg = self.config
+        self._bind()  # cheap; catches parameters replaced since the last step (e.g. resize_token_embeddings)
         if cfg.schedule == "constant":
             if not self.masks:
                 self.set_masks({t.name: self._params[t.name].detach() != 0 for t in self.targets}, sparsity=None)
         else:
             started = step >= cfg.start_step
             due = is_update_step(step, schedule=cfg.schedule, start_step=cfg.start_step, end_step=cfg.end_step, every=cfg.update_every)
-            if due or (started and self.last_update_step is None):
+            if (due and step != self.last_update_step) or (started and self.last_update_step is None):
                 self.update_masks(self.sparsity_at(step), step=step)
                 return
         if cfg.mode == "enforced":
@@ -119,6 +123,7 @@ class Pruner:
             if tuple(masks[t.name].shape) != t.shape:
                 raise ValueError(f"mask of {t.name!r} has shape {tuple(masks[t.name].shape)}, the weight {t.shape}")
         self.masks = {t.name: masks[t.name].to(device=self._params[t.name].device, dtype=torch.bool) for t in self.targets}
+        self._factors = {}
         if sparsity is None:
             sparsity = self.mask_sparsity()
         self.target_sparsity = sparsity
@@ -130,11 +135,18 @@ class Pruner:
     @torch.no_grad()
     def apply(self) -> None:
         """Zero the pruned weights in place."""
-        for name, mask in self.masks.items():
-            param = self._params[name]
-            if mask.device != param.device:  # the model moved since the masks were made
-                mask = self.masks[name] = mask.to(param.device)
-            param.mul_(mask)
+        for name in self.masks:
+            self._params[name].mul_(self._factor(name))
+
+    def _factor(self, name: str) -> torch.Tensor:
+        """The mask of `name` as 0/1 in its weight's dtype and device (the model may have moved)."""
+        param, factor = self._params[name], self._factors.get(name)
+        if factor is None or factor.device != param.device or factor.dtype != param.dtype:
+            self.masks[name] = self.masks[name].to(param.device)
+            factor = self.masks[name].to(param.dtype)
+            if self.config.mode == "enforced":  # free mode applies masks rarely: keep no copy
+                self._factors[name] = factor
+        return factor
 
     def _check_counts(self, masks: dict[str, torch.Tensor], sparsity: float) -> None:
         """New masks must prune exactly round(sparsity * n) per scope."""
@@ -183,15 +195,19 @@ class Pruner:
     def _bind(self) -> None:
         """(Re)resolve the live parameters by name; re-hook if any parameter object was replaced."""
         params = {t.name: get_parameter(self.model, t) for t in self.targets}
-        if self._params and any(params[n] is not self._params[n] for n in params) and self._hooks:
-            self.remove_hooks()
-            self._params = params
-            self._register_grad_hooks()
+        replaced = any(params[n] is not self._params.get(n) for n in params)
         self._params = params
+        if replaced and self._hooks:
+            self.remove_hooks()
+            self._register_grad_hooks()
 
     def _register_grad_hooks(self) -> None:
+        # After accumulation, in place: before clipping and the optimizer see the gradient.
+        def zero_pruned_grad(param: nn.Parameter, name: str) -> None:
+            param.grad.mul_(self._factor(name))
+
         for name, param in self._params.items():
-            self._hooks.append(param.register_hook(lambda grad, name=name: grad * self.masks[name].to(grad.device)))
+            self._hooks.append(param.register_post_accumulate_grad_hook(lambda p, name=name: zero_pruned_grad(p, name)))
 
     def remove_hooks(self) -> None:
         """Remove the gradient hooks (the masks stay; weights are no longer held at zero)."""

@@ -1,0 +1,49 @@
+"""The ``prunelab`` command: one module per subcommand; this file dispatches and reports errors.
+
+Bad input anywhere becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import inspect_cmd, prune_cmd
+
+COMMANDS = (inspect_cmd, prune_cmd)
+USER_ERRORS = (ValueError, KeyError, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="prunelab", description="Prune pretrained transformer encoders.")
+    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # loading and saving a model are short; their progress bars are noise here
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"prunelab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prunelab {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
