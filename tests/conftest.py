@@ -48,6 +48,7 @@ def bert_dir(tmp_path):
     path = tmp_path / "tiny-bert"
     tiny_model("bert", "mlm").save_pretrained(path)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(path)
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(vocab_file)).save_pretrained(path)
     return path
