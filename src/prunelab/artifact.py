@@ -50,11 +50,12 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
-def load_model(model: str, *, trust_remote_code: bool = False) -> tuple[torch.nn.Module, object | None]:
-    """Load `model` (local directory, hub id or alias) with its own head class, and its tokenizer.
+def load_model(model: str, *, model_class=None, trust_remote_code: bool = False, **kwargs) -> tuple[torch.nn.Module, object | None]:
+    """Load `model` (local directory, hub id or alias) and its tokenizer.
 
-    The class named in ``config.architectures`` is used when ``transformers`` has it, so a fine-tuned
-    classifier or an MLM keeps its head; otherwise ``AutoModel``.
+    By default the class named in ``config.architectures`` is used when ``transformers`` has it, so a
+    fine-tuned classifier or an MLM keeps its head; otherwise ``AutoModel``. `model_class` (e.g.
+    ``AutoModelForMaskedLM``) overrides it; `kwargs` go to its ``from_pretrained``.
 
     Returns:
         ``(model, tokenizer)``; tokenizer is ``None`` when the source has none.
@@ -73,10 +74,13 @@ def load_model(model: str, *, trust_remote_code: bool = False) -> tuple[torch.nn
         raise ValueError(f"cannot read model {model!r} as a {where}: {_first_line(err)}") from None
     if config.model_type not in supported_model_types():
         raise ValueError(f"unsupported model_type {config.model_type!r} in {model!r}; supported: {', '.join(supported_model_types())}")
-    architecture = (getattr(config, "architectures", None) or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    if model_class is None or not hasattr(model_class, "from_pretrained"):
-        model_class = AutoModel
+    if model_class is None:
+        architecture = (getattr(config, "architectures", None) or [None])[0]
+        model_class = getattr(transformers, architecture, None) if architecture else None
+        if model_class is None or not hasattr(model_class, "from_pretrained"):
+            model_class = AutoModel
+    for key, value in kwargs.items():  # e.g. num_labels, problem_type
+        setattr(config, key, value)
     try:
         loaded = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint

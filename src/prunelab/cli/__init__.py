@@ -9,9 +9,9 @@ import argparse
 import logging
 import sys
 
-from . import inspect_cmd, prune_cmd
+from . import analyze_cmd, finetune_cmd, inspect_cmd, pretrain_cmd, prune_cmd
 
-COMMANDS = (inspect_cmd, prune_cmd)
+COMMANDS = (inspect_cmd, prune_cmd, pretrain_cmd, finetune_cmd, analyze_cmd)
 USER_ERRORS = (ValueError, KeyError, OSError)
 
 

@@ -1,0 +1,48 @@
+"""`prunelab pretrain MODEL --corpus FILE ... --steps N --sparsity S --out DIR`: MLM pre-training while pruning."""
+
+from __future__ import annotations
+
+from ..scores import CRITERIA
+from ..select import SCOPES
+from .common import add_trainer_options, trainer_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pretrain", help="continue MLM pre-training while pruning (cubic schedule by default)")
+    p.add_argument("model", help="model directory, hub id, or 'minilm'")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="plain-text files, one document or paragraph per line")
+    p.add_argument("--dev-file", nargs="+", default=[], metavar="FILE", help="held-out text for the MLM dev loss (default: the last --dev-fraction of the corpus)")
+    p.add_argument("--dev-fraction", type=float, default=0.05)
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps in total")
+    p.add_argument("--sparsity", type=float, required=True, help="final fraction of zeros in [0, 1]")
+    p.add_argument("--criterion", choices=sorted(CRITERIA), default="magnitude")
+    p.add_argument("--scope", choices=SCOPES, default="matrix")
+    p.add_argument("--schedule", choices=("cubic", "oneshot"), default="cubic")
+    p.add_argument("--prune-start", type=int, default=0, help="step pruning starts at (default 0)")
+    p.add_argument("--prune-end", type=int, help="step the final sparsity is reached (default min(10000, --steps))")
+    p.add_argument("--prune-every", type=int, default=10, help="steps between mask updates (default 10)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--head-warmup-steps", type=int, default=0,
+                   help="for a model without an MLM head: train the fresh head this many steps with the encoder frozen first")
+    p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (for --resume)")
+    add_trainer_options(p, batch_size=32)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..training.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        model=args.model, corpus=args.corpus, out=args.out, sparsity=args.sparsity, steps=args.steps,
+        criterion=args.criterion, scope=args.scope, schedule=args.schedule, prune_start=args.prune_start,
+        prune_end=args.prune_end, prune_every=args.prune_every, dev_file=args.dev_file, dev_fraction=args.dev_fraction,
+        lr=args.lr, warmup_steps=args.warmup_steps, mlm_probability=args.mlm_probability,
+        head_warmup_steps=args.head_warmup_steps, save_steps=args.save_steps, **trainer_options(args),
+    )
+    metrics = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    before = "n/a" if metrics["dev_loss_before"] is None else f"{metrics['dev_loss_before']:.4f}"
+    print(f"MLM dev loss {before} -> {metrics['dev_loss_after']:.4f} at {metrics['sparsity']:.2%} sparsity "
+          f"after {metrics['steps']} steps; model and masks in {args.out}/model, metrics in {args.out}/metrics.json")
+    return 0

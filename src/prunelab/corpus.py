@@ -1,0 +1,66 @@
+"""Pre-training text: plain-text files (one document or paragraph per line; WikiText works), a dev split,
+and the tokenized blocks masked-LM training reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_corpus(files: list[str | os.PathLike]) -> list[str]:
+    """Non-empty lines of `files`, in order (UTF-8).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a file is not UTF-8 text, or all files are empty.
+    """
+    if not files:
+        raise ValueError("no corpus file given; pass --corpus FILE [FILE ...]")
+    lines: list[str] = []
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"corpus file {path} not found")
+        lineno = 0
+        try:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if line.strip():
+                        lines.append(line.strip())
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{lineno + 1}: not UTF-8 text; pass plain-text files, one document or paragraph per line") from None
+    if not lines:
+        raise ValueError(f"corpus {', '.join(map(str, files))} has no text")
+    return lines
+
+
+def split_dev(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Hold out the last `fraction` of lines (at least one) as the dev split; deterministic."""
+    n_dev = max(1, round(len(lines) * fraction))
+    if n_dev >= len(lines):
+        raise ValueError(f"the corpus has {len(lines)} lines, too few to hold out a dev split; add text or pass --dev-file")
+    return lines[:-n_dev], lines[-n_dev:]
+
+
+def to_blocks(lines: list[str], tokenizer, max_seq_len: int, batch: int = 1000) -> list[list[int]]:
+    """Tokenize `lines`, concatenate them and cut into blocks of `max_seq_len` tokens including special tokens.
+
+    The tail shorter than a block is dropped (as ``run_mlm.py`` does).
+    """
+    prefix, suffix = special_tokens(tokenizer)
+    body = max_seq_len - len(prefix) - len(suffix)
+    ids: list[int] = []
+    for start in range(0, len(lines), batch):
+        for row in tokenizer(lines[start:start + batch], add_special_tokens=False)["input_ids"]:
+            ids.extend(row)
+    return [prefix + ids[i:i + body] + suffix for i in range(0, len(ids) - body + 1, body)]
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after one sequence (e.g. [CLS] and [SEP]; XLNet's come after)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    raise ValueError(f"cannot find where {type(tokenizer).__name__} puts the text among its special tokens")

@@ -1,0 +1,1 @@
+"""Training pipelines built on the HF Trainer: MLM pre-training with pruning, and GLUE fine-tuning."""
