@@ -50,5 +50,5 @@ def bert_dir(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(vocab_file)).save_pretrained(path)
+    transformers.BertTokenizerFast(vocab=str(vocab_file)).save_pretrained(path)
     return path

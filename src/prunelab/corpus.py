@@ -21,14 +21,14 @@ def read_corpus(files: list[str | os.PathLike]) -> list[str]:
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"corpus file {path} not found")
-        lineno = 0
-        try:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if line.strip():
-                        lines.append(line.strip())
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}:{lineno + 1}: not UTF-8 text; pass plain-text files, one document or paragraph per line") from None
+        with open(path, "rb") as f:  # decode line by line, so an error names the exact line
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text; pass plain-text files, one document or paragraph per line") from None
+                if line:
+                    lines.append(line)
     if not lines:
         raise ValueError(f"corpus {', '.join(map(str, files))} has no text")
     return lines

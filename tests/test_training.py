@@ -1,0 +1,207 @@
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from glue_fixtures import FOLDERS, glue_dir, save_tiny, write_corpus  # noqa: F401 (fixture)
+from prunelab import load_masks
+from prunelab.cli import main
+from prunelab.glue import get_task
+from prunelab.training.finetune import FinetuneConfig, finetune
+from prunelab.training.pretrain import PretrainConfig, _warm_up_head, pretrain
+
+FAST = dict(batch_size=4, max_seq_len=16, logging_steps=1)
+
+
+def pretrain_cfg(tmp_path, model, **kwargs):
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    base = dict(model=str(model), corpus=[str(corpus)], out=str(tmp_path / "pt"), sparsity=0.6, steps=8,
+                prune_end=6, prune_every=2, dev_fraction=0.1, save_steps=4, **FAST)
+    return PretrainConfig(**{**base, **kwargs})
+
+
+def test_pretrain_prunes_on_schedule_and_saves_the_artifact(tmp_path):
+    metrics = pretrain(pretrain_cfg(tmp_path, save_tiny(tmp_path / "m")))
+    out = tmp_path / "pt"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["steps"] == 8 and metrics["fresh_mlm_head"] is False
+    assert metrics["dev_loss_before"] > 0 and metrics["dev_loss_after"] > 0
+    masks = load_masks(out / "model" / "masks.safetensors")
+    model = AutoModelForMaskedLM.from_pretrained(out / "model")
+    for name, mask in masks.items():
+        assert int((~mask).sum()) == round(0.6 * mask.numel())
+        assert bool((model.bert.get_parameter(name)[~mask] == 0).all())
+    logged = [e["pruning/target_sparsity"] for e in json.loads((out / "log_history.json").read_text())["log_history"] if "pruning/target_sparsity" in e]
+    assert logged[0] < logged[2] < logged[5] == pytest.approx(0.6) == logged[-1]  # cubic ramp to step 6, then held
+    assert {"config", "versions"} <= set(json.loads((out / "run_config.json").read_text()))
+
+
+def test_pretrain_resume_after_a_crash_gives_the_same_result(tmp_path, monkeypatch):
+    from prunelab.pruner import Pruner
+
+    model = save_tiny(tmp_path / "m")
+    whole = pretrain(pretrain_cfg(tmp_path, model, out=str(tmp_path / "whole")))
+    cfg = pretrain_cfg(tmp_path, model, out=str(tmp_path / "crashed"))
+    real_step = Pruner.step
+
+    def crash_at_6(self, step):
+        if step == 6:
+            raise RuntimeError("simulated crash")
+        return real_step(self, step)
+
+    monkeypatch.setattr(Pruner, "step", crash_at_6)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(cfg)
+    monkeypatch.setattr(Pruner, "step", real_step)
+    crashed = tmp_path / "crashed"
+    assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["checkpoint-4"]
+    assert not (crashed / "metrics.json").exists() and not (crashed / "model").exists()
+    with pytest.raises(FileExistsError, match="pass --resume to continue"):
+        pretrain(cfg)
+    at_crash = load_masks(crashed / "checkpoints" / "checkpoint-4" / "masks.safetensors")
+    assert json.loads((crashed / "checkpoints" / "checkpoint-4" / "pruner_state.json").read_text())["last_update_step"] == 4
+    resumed = pretrain(cfg, resume=True)
+    assert resumed["dev_loss_before"] == whole["dev_loss_before"] and resumed["steps"] == 8
+    # The Trainer redraws the data order after restoring its RNG, so MLM masking (and the weights) differ
+    # slightly after a resume; the pruning state itself continues exactly.
+    assert resumed["dev_loss_after"] == pytest.approx(whole["dev_loss_after"], rel=1e-3)
+    final = load_masks(crashed / "model" / "masks.safetensors")
+    reference = load_masks(tmp_path / "whole" / "model" / "masks.safetensors")
+    for name, mask in final.items():
+        assert bool((mask <= at_crash[name]).all())  # pruned at step 4 stays pruned: the schedule continued
+        assert int((~mask).sum()) == int((~reference[name]).sum()) == round(0.6 * mask.numel())
+        assert float((mask == reference[name]).float().mean()) > 0.99
+
+
+def test_model_without_mlm_head_warns_and_warms_the_head_up(tmp_path):
+    model_dir = save_tiny(tmp_path / "bare", head="base")
+    with pytest.warns(UserWarning, match="has no MLM head"):
+        metrics = pretrain(pretrain_cfg(tmp_path, model_dir, head_warmup_steps=3))
+    assert metrics["fresh_mlm_head"] is True and metrics["head_warmup_loss"] > 0
+
+
+def test_head_warm_up_leaves_the_encoder_untouched(tmp_path):
+    from prunelab.artifact import load_model
+    from prunelab.corpus import read_corpus, to_blocks
+    from prunelab.training.pretrain import _Blocks, _collate
+    from transformers import DataCollatorForLanguageModeling
+
+    model_dir = save_tiny(tmp_path / "bare", head="base")
+    cfg = pretrain_cfg(tmp_path, model_dir, head_warmup_steps=4)
+    model, tokenizer = load_model(str(model_dir), model_class=AutoModelForMaskedLM)
+    train = _Blocks([{"input_ids": b} for b in to_blocks(read_corpus(cfg.corpus), tokenizer, 16)])
+    encoder = {n: p.clone() for n, p in model.bert.named_parameters()}
+    head = {n: p.clone() for n, p in model.cls.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _warm_up_head(model, train, _collate(DataCollatorForLanguageModeling(tokenizer)), tmp_path / "w", cfg,
+                      dict(seed=0, batch_size=4, logging_steps=1))
+    assert all(torch.equal(p, encoder[n]) for n, p in model.bert.named_parameters())
+    assert any(not torch.equal(p, head[n]) for n, p in model.cls.named_parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_finetune_every_task_reports_its_official_metrics(tmp_path, glue_dir, folder):  # noqa: F811
+    task = get_task(folder)
+    metrics = finetune(FinetuneConfig(model=str(save_tiny(tmp_path / "m")), task=folder, out=str(tmp_path / "ft"),
+                                      data_dir=str(glue_dir), lrs=[1e-3], epochs=1, **FAST))
+    assert set(metrics["dev"]) == set(task.dev_splits)
+    for figures in metrics["dev"].values():
+        assert set(task.metrics) | {"score", "loss"} == set(figures)
+    assert metrics["train_loss_full"] > 0 and metrics["train_examples"] == 16
+
+
+def pruned_artifact(tmp_path, sparsity=0.5):
+    out = tmp_path / "pruned"
+    assert main(["prune", str(save_tiny(tmp_path / "m")), "--sparsity", str(sparsity), "--out", str(out)]) == 0
+    return out
+
+
+def test_held_masks_keep_exactly_the_same_zeros(tmp_path, glue_dir):  # noqa: F811
+    pruned = pruned_artifact(tmp_path)
+    metrics = finetune(FinetuneConfig(model=str(pruned), task="sst2", out=str(tmp_path / "ft"), data_dir=str(glue_dir),
+                                      lrs=[5e-2], epochs=2, save_model=True, **FAST))
+    before, after = load_masks(pruned / "masks.safetensors"), load_masks(tmp_path / "ft" / "model" / "masks.safetensors")
+    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ft" / "model")
+    source = AutoModelForMaskedLM.from_pretrained(pruned)
+    for name, mask in before.items():
+        assert torch.equal(mask, after[name])
+        weight = trained.bert.get_parameter(name)
+        assert torch.equal(weight == 0, source.bert.get_parameter(name) == 0), name  # exactly the same zeros
+        assert not torch.equal(weight, source.bert.get_parameter(name))  # and the rest trained
+    assert metrics["sparsity"] == pytest.approx(0.5, abs=2e-3)
+
+
+def test_free_masks_regrow(tmp_path, glue_dir):  # noqa: F811
+    pruned = pruned_artifact(tmp_path)
+    metrics = finetune(FinetuneConfig(model=str(pruned), task="sst2", out=str(tmp_path / "ft"), data_dir=str(glue_dir),
+                                      masks="free", lrs=[5e-2], epochs=2, **FAST))
+    assert metrics["regime"] == "masks free (information deletion)"
+    assert metrics["sparsity"] < 0.05  # zeros were the start, not a constraint
+
+
+def test_lr_grid_picks_the_best_and_resume_never_redoes_a_finished_lr(tmp_path, glue_dir):  # noqa: F811
+    cfg = dict(model=str(save_tiny(tmp_path / "m")), task="mrpc", out=str(tmp_path / "ft"), data_dir=str(glue_dir),
+               epochs=1, **FAST)
+    first = finetune(FinetuneConfig(lrs=[1e-6], **cfg))
+    finished = (tmp_path / "ft" / "lr-1e-06" / "result.json").read_text()
+    metrics = finetune(FinetuneConfig(lrs=[1e-6, 3e-2, 1e-3], **cfg), resume=True)
+    assert (tmp_path / "ft" / "lr-1e-06" / "result.json").read_text() == finished
+    assert metrics["runs"][0] == first["runs"][0]
+    scores = {r["lr"]: r["dev_score"] for r in metrics["runs"]}
+    assert len(scores) == 3 and metrics["best_lr"] == max(scores, key=scores.get)
+    assert metrics["dev_score"] == max(scores.values())
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["best_lr"] == metrics["best_lr"]
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "random"])
+def test_pruned_after_fine_tuning(tmp_path, glue_dir, criterion):  # noqa: F811
+    metrics = finetune(FinetuneConfig(model=str(save_tiny(tmp_path / "m")), task="rte", out=str(tmp_path / "ft"),
+                                      data_dir=str(glue_dir), lrs=[1e-3], prune_after_epochs=1, epochs=1, sparsity=0.7,
+                                      criterion=criterion, save_model=True, **FAST))
+    run = metrics["runs"][0]
+    assert run["steps"] == 8 and metrics["sparsity"] >= 0.7 - 2e-3
+    history = json.loads((tmp_path / "ft" / "lr-0.001" / "log_history.json").read_text())["log_history"]
+    sparsity = [(e["step"], e["pruning/sparsity"]) for e in history if "pruning/sparsity" in e]
+    assert all(s < 0.05 for step, s in sparsity if step < 4) and all(s == pytest.approx(0.7, abs=2e-3) for step, s in sparsity if step >= 4)
+    info = json.loads((tmp_path / "ft" / "model" / "prunelab.json").read_text())
+    assert info["config"]["criterion"] == criterion and info["config"]["start_step"] == 4
+
+
+def test_finetune_cli_and_its_errors(tmp_path, glue_dir, capsys):  # noqa: F811
+    model = str(save_tiny(tmp_path / "m"))
+    assert main(["finetune", model, "--task", "STS-B", "--data-dir", str(glue_dir), "--lr", "1e-3", "--epochs", "1",
+                 "--batch-size", "4", "--max-seq-len", "16", "--out", str(tmp_path / "ok")]) == 0
+    assert "stsb" in capsys.readouterr().out
+    bad = [
+        (["--task", "sst"], "unknown GLUE task 'sst'"),
+        (["--task", "rte", "--lr", "fast"], "--lr 'fast' is not a comma-separated list"),
+        (["--task", "rte", "--sparsity", "0.5"], "--prune-after-epochs and --sparsity go together"),
+        (["--task", "rte", "--prune-after-epochs", "1", "--sparsity", "1.5"], "sparsity 1.5 is outside [0, 1]"),
+        (["--task", "qqp", "--data-dir", str(tmp_path / "nowhere")], "QQP/train.tsv not found"),
+    ]
+    for args, message in bad:
+        code = main(["finetune", model, "--data-dir", str(glue_dir), "--out", str(tmp_path / "bad"), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+    assert main(["finetune", model, "--task", "rte", "--data-dir", str(glue_dir), "--out", str(tmp_path / "ok")]) == 2
+    assert "is not empty; pass --resume" in capsys.readouterr().err
+
+
+def test_pretrain_cli_errors(tmp_path, capsys):
+    model = str(save_tiny(tmp_path / "m"))
+    corpus = str(write_corpus(tmp_path / "c.txt"))
+    for args, message in [
+        (["--steps", "10", "--sparsity", "0.5", "--prune-end", "20"], "--prune-end 20 is beyond --steps 10"),
+        (["--steps", "10", "--sparsity", "-1"], "sparsity -1.0 is outside"),
+        (["--steps", "0", "--sparsity", "0.5"], "--steps 0 must be >= 1"),
+    ]:
+        assert main(["pretrain", model, "--corpus", corpus, "--out", str(tmp_path / "o"), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["pretrain", model, "--corpus", str(tmp_path / "none.txt"), "--steps", "2", "--sparsity", "0.5",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "none.txt not found" in capsys.readouterr().err
