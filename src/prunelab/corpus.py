@@ -64,3 +64,20 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
         if full[start:start + len(bare)] == bare:
             return full[:start], full[start + len(bare):]
     raise ValueError(f"cannot find where {type(tokenizer).__name__} puts the text among its special tokens")
+
+
+def read_hub_corpus(spec: str, split: str = "train", column: str = "text") -> list[str]:
+    """Non-empty lines of column `column` of an HF dataset, ``NAME`` or ``NAME:CONFIG`` (e.g.
+    ``Salesforce/wikitext:wikitext-103-raw-v1``). Needs ``pip install 'prunelab[datasets]'`` and network."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("reading a corpus from the hub needs the datasets package: pip install 'prunelab[datasets]'") from None
+    name, _, config = spec.partition(":")
+    try:
+        rows = datasets.load_dataset(name, config or None, split=split)
+    except Exception as err:  # network or hub errors come in many types
+        raise ValueError(f"cannot load dataset {spec!r} split {split!r} from the hub: {str(err).splitlines()[0]}") from None
+    if column not in rows.column_names:
+        raise ValueError(f"dataset {spec!r} has no column {column!r}; columns: {', '.join(rows.column_names)}")
+    return [line.strip() for line in rows[column] if line and line.strip()]

@@ -10,7 +10,10 @@ from .common import add_trainer_options, trainer_options
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="continue MLM pre-training while pruning (cubic schedule by default)")
     p.add_argument("model", help="model directory, hub id, or 'minilm'")
-    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="plain-text files, one document or paragraph per line")
+    p.add_argument("--corpus", nargs="+", default=[], metavar="FILE", help="plain-text files, one document or paragraph per line")
+    p.add_argument("--dataset", help="an HF dataset NAME[:CONFIG] as pre-training text (needs prunelab[datasets] and network)")
+    p.add_argument("--dataset-split", default="train")
+    p.add_argument("--text-column", default="text")
     p.add_argument("--dev-file", nargs="+", default=[], metavar="FILE", help="held-out text for the MLM dev loss (default: the last --dev-fraction of the corpus)")
     p.add_argument("--dev-fraction", type=float, default=0.05)
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in total")
@@ -35,7 +38,8 @@ def run(args) -> int:
     from ..training.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
-        model=args.model, corpus=args.corpus, out=args.out, sparsity=args.sparsity, steps=args.steps,
+        model=args.model, corpus=args.corpus, dataset=args.dataset, dataset_split=args.dataset_split,
+        text_column=args.text_column, out=args.out, sparsity=args.sparsity, steps=args.steps,
         criterion=args.criterion, scope=args.scope, schedule=args.schedule, prune_start=args.prune_start,
         prune_end=args.prune_end, prune_every=args.prune_every, dev_file=args.dev_file, dev_fraction=args.dev_fraction,
         lr=args.lr, warmup_steps=args.warmup_steps, mlm_probability=args.mlm_probability,

@@ -26,7 +26,7 @@ from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, 
 
 from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
-from ..corpus import read_corpus, split_dev, to_blocks
+from ..corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
 from ..pruner import Pruner
 from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, last_checkpoint, prepare_run_dir,
                   save_run_config, training_arguments, write_json)
@@ -44,6 +44,9 @@ class PretrainConfig:
     corpus: list[str]
     out: str
     sparsity: float
+    dataset: str | None = None  # an HF dataset NAME[:CONFIG] instead of (or besides) corpus files
+    dataset_split: str = "train"
+    text_column: str = "text"
     steps: int = 1000
     criterion: str = "magnitude"
     scope: str = "matrix"
@@ -71,6 +74,8 @@ class PretrainConfig:
     save_steps: int = 500
 
     def __post_init__(self) -> None:
+        if not self.corpus and not self.dataset:
+            raise ValueError("no pre-training text: pass --corpus FILE [FILE ...] or --dataset NAME[:CONFIG]")
         if self.steps < 1:
             raise ValueError(f"--steps {self.steps} must be >= 1")
         if self.prune_end is None:
@@ -130,7 +135,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
 def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     started = time.time()
     # 1-2. data
-    lines = read_corpus(cfg.corpus)
+    lines = (read_corpus(cfg.corpus) if cfg.corpus else []) + (
+        read_hub_corpus(cfg.dataset, cfg.dataset_split, cfg.text_column) if cfg.dataset else [])
     train_lines, dev_lines = (lines, read_corpus(cfg.dev_file)) if cfg.dev_file else split_dev(lines, cfg.dev_fraction)
     model, tokenizer = load_model(cfg.model, model_class=AutoModelForMaskedLM)
     if cfg.tokenizer:
