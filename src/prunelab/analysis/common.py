@@ -1,0 +1,147 @@
+"""Shared helpers of the analyses: target weights, magnitude masks, head slicing, text and architecture checks."""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..select import compute_masks
+from ..targets import ARCHITECTURES, Target, get_parameter, resolve_targets
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_KINDS = ("query", "key", "value", "attention_output", "relative_position")
+SAMPLE_TEXT = "sample.txt"
+
+
+def parse_sparsity(value: float, what: str = "sparsity") -> float:
+    """Check that `value` is a fraction of zeros in [0, 1] and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
+    return float(value)
+
+
+def target_weights(model: nn.Module, targets: list[Target] | None = None) -> dict[str, torch.Tensor]:
+    """The live weights of `targets` (default: all targets of `model`), detached, keyed by target name."""
+    targets = resolve_targets(model) if targets is None else targets
+    return {t.name: get_parameter(model, t).detach() for t in targets}
+
+
+def magnitude_masks(model: nn.Module, sparsity: float, *, scope: str = "matrix",
+                    targets: list[Target] | None = None) -> dict[str, torch.Tensor]:
+    """One-shot magnitude keep masks (True = kept) of `model`'s targets at `sparsity`; the model is not changed."""
+    return compute_masks(target_weights(model, targets), parse_sparsity(sparsity), criterion="magnitude", scope=scope)
+
+
+@torch.no_grad()
+def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor], targets: list[Target]) -> None:
+    """Zero the weights of `model` that `masks` prune, in place."""
+    for t in targets:
+        if t.name in masks:
+            param = get_parameter(model, t)
+            param.mul_(masks[t.name].to(device=param.device, dtype=param.dtype))
+
+
+@contextmanager
+def pruned(model: nn.Module, masks: dict[str, torch.Tensor], targets: list[Target]) -> Iterator[nn.Module]:
+    """Within the block, `model` has the weights `masks` prune zeroed; on exit the originals are restored."""
+    saved = {t.name: get_parameter(model, t).detach().clone() for t in targets if t.name in masks}
+    try:
+        apply_masks_(model, masks, targets)
+        yield model
+    finally:
+        with torch.no_grad():
+            for t in targets:
+                if t.name in saved:
+                    get_parameter(model, t).copy_(saved[t.name])
+
+
+def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str) -> list[Target]:
+    """Targets of `a` after checking that `b` has the same model type and the same target names and shapes.
+
+    Raises:
+        ValueError: naming the first difference.
+    """
+    type_a, type_b = a.config.model_type, b.config.model_type
+    if type_a != type_b:
+        raise ValueError(f"{name_a!r} is a {type_a} model and {name_b!r} a {type_b} model; compare two checkpoints "
+                         "of the same architecture")
+    targets_a, targets_b = resolve_targets(a), {t.name: t for t in resolve_targets(b)}
+    for t in targets_a:
+        other = targets_b.pop(t.name, None)
+        if other is None or other.shape != t.shape:
+            got = "missing" if other is None else f"of shape {other.shape}"
+            raise ValueError(f"{name_a!r} and {name_b!r} differ in architecture: {t.name} {t.shape} is {got} in "
+                             f"{name_b!r}; compare two checkpoints of the same architecture")
+    if targets_b:
+        raise ValueError(f"{name_b!r} has target {next(iter(targets_b))} that {name_a!r} lacks; compare two "
+                         "checkpoints of the same architecture")
+    return targets_a
+
+
+def describe(name: str) -> tuple[str | None, int | None]:
+    """Kind and layer of a target name by the architecture tables (``(None, None)`` if no table matches)."""
+    for table in ARCHITECTURES.values():
+        for kind, pattern in table.items():
+            match = re.fullmatch(pattern, name)
+            if match:
+                return kind, int(match.group(1)) if match.groups() else None
+    return None, None
+
+
+def num_heads(model: nn.Module) -> int:
+    """Attention heads per layer (``num_attention_heads`` is mapped to ``n_heads``/``n_head`` by transformers)."""
+    return int(model.config.num_attention_heads)
+
+
+def split_heads(weight: torch.Tensor, kind: str, heads: int) -> torch.Tensor:
+    """View an attention weight as one slice per head.
+
+    Args:
+        weight: A target of an attention kind: 2-D ``(out, in)`` of a linear layer, or XLNet's 3-D
+            ``(d_model, n_head, d_head)``.
+        kind: Its kind; query/key/value split their output rows, the attention output its input columns.
+        heads: Number of heads.
+
+    Returns:
+        Tensor of shape ``(heads, d_head, d_other)``: head ``h``'s weights, ``d_other`` being the model
+        dimension on the other side of the projection.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind {kind!r} has no heads; attention kinds: {', '.join(ATTENTION_KINDS)}")
+    if weight.dim() == 3:  # XLNet: (d_model, n_head, d_head)
+        return weight.permute(1, 2, 0)
+    out_dim, in_dim = weight.shape
+    if kind == "attention_output":  # (d_model, heads * d_head): heads are the input columns
+        return weight.reshape(out_dim, heads, in_dim // heads).permute(1, 2, 0)
+    return weight.reshape(heads, out_dim // heads, in_dim)
+
+
+def load_texts(path: str | Path | None = None, max_texts: int | None = None) -> list[str]:
+    """Non-empty lines of a text file, or of the sample shipped with prunelab when `path` is None.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file holds no text, or `max_texts` < 1.
+    """
+    if max_texts is not None and max_texts < 1:
+        raise ValueError(f"max_texts {max_texts} must be at least 1")
+    if path is None:
+        text, where = resources.files(__package__).joinpath(SAMPLE_TEXT).read_text(encoding="utf-8"), "the packaged sample"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"text file {str(path)!r} does not exist; pass a file with one text per line, "
+                                    "or omit --text to use the packaged sample")
+        text, where = path.read_text(encoding="utf-8", errors="replace"), str(path)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"text file {where!r} holds no text; pass a file with one text per line")
+    return lines[:max_texts] if max_texts else lines

@@ -1,0 +1,124 @@
+"""Sort-order movement: how far each weight moves in its matrix's magnitude order between two checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from ..targets import KINDS, get_parameter
+from .common import check_same_architecture
+
+logger = logging.getLogger(__name__)
+
+NUM_BINS = 20  # starting-position bins of 5 percentage points
+HIST_EDGES = 200  # histogram bins of the signed movement over [-100, 100] percentage points
+
+
+def _sort_keys(weight: torch.Tensor) -> torch.Tensor:
+    """|w| as flat int32 keys: the bit patterns of non-negative float32 values order like the values, and
+    an int32 sort is ~3x faster than a float sort on CPU."""
+    return weight.detach().abs().to(torch.float32).contiguous().view(-1).view(torch.int32)
+
+
+def sort_positions(weight: torch.Tensor) -> torch.Tensor:
+    """Position of each weight in the ascending |w| order of its matrix, as a percentage.
+
+    Ties are ordered by flat index (the order ``compute_masks`` prunes them in).
+
+    Args:
+        weight: Any shape, float dtype.
+
+    Returns:
+        float64 tensor of ``weight.numel()`` entries in [0, 100]: 0 is the smallest |w|, 100 the largest.
+    """
+    order = torch.argsort(_sort_keys(weight), stable=True)
+    positions = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+    return positions.double().mul_(100.0 / max(order.numel() - 1, 1))
+
+
+def _matrix_movement(before: torch.Tensor, after: torch.Tensor, bins: int) -> tuple[torch.Tensor, list[dict]]:
+    """Signed movement (percentage points, float32, in `before`'s ascending |w| order) and per-bin sums.
+
+    Working in `before`'s sorted order makes the starting-position bins contiguous slices, so they cost
+    no scatter and no bincount, and the sorted keys give the starting |w| for free.
+    """
+    n = before.numel()
+    sorted_keys, order_before = torch.sort(_sort_keys(before), stable=True)
+    order_after = torch.argsort(_sort_keys(after), stable=True)
+    position_after = torch.empty_like(order_after).scatter_(0, order_after, torch.arange(n))
+    delta = position_after[order_before].sub_(torch.arange(n)).to(torch.float32).mul_(100.0 / max(n - 1, 1))
+    size, magnitude = delta.abs(), sorted_keys.view(torch.float32)
+    # Position p (of 0..n-1) falls in bin floor(p * bins / (n - 1)), the top position in the last bin.
+    edges = [-(-i * (n - 1) // bins) for i in range(bins)] + [n]
+    sums = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        d = delta[lo:hi]
+        sums.append({"count": hi - lo, "sum": float(d.sum()), "sumsq": float(torch.dot(d, d)) if hi > lo else 0.0,
+                     "sum_abs": float(size[lo:hi].sum()), "max_abs": float(size[lo:hi].max()) if hi > lo else 0.0,
+                     "sum_weight": float(magnitude[lo:hi].sum())})
+    return delta, sums
+
+
+def _stats(count: float, total: float, sumsq: float, sum_abs: float, max_abs: float) -> dict:
+    mean = total / count if count else 0.0
+    var = (sumsq - count * mean * mean) / (count - 1) if count > 1 else 0.0
+    return {"numel": int(count), "mean": mean, "std": math.sqrt(max(var, 0.0)),
+            "mean_abs": sum_abs / count if count else 0.0, "max_abs": max_abs}
+
+
+def _merge(parts: list[dict]) -> dict:
+    return _stats(sum(p["count"] for p in parts), sum(p["sum"] for p in parts), sum(p["sumsq"] for p in parts),
+                  sum(p["sum_abs"] for p in parts), max((p["max_abs"] for p in parts), default=0.0))
+
+
+@torch.no_grad()
+def sort_order_movement(before: nn.Module, after: nn.Module, *, name_before: str = "before",
+                        name_after: str = "after", bins: int = NUM_BINS) -> dict:
+    """Movement of every target weight in its matrix's magnitude order from `before` to `after`.
+
+    [Table 2, Figure 4 right, Figure 6 of Gordon et al. 2020.] Movement = position after - position
+    before, in percentage points of the matrix's sort order (positive: the weight became relatively
+    larger). One argsort per matrix and checkpoint, no Python loop over weights: ~10 s for the ~109M
+    targets of BERT-base on 2 CPU cores.
+
+    Args:
+        before, after: Two checkpoints of the same architecture (e.g. before and after fine-tuning).
+        name_before, name_after: How to name them in errors.
+        bins: Number of equal-width bins of the starting position.
+
+    Returns:
+        ``{"targets": [...], "by_kind": {...}, "overall": {...}, "bins": [...], "histogram": {...}}``.
+        Each target row, kind and the overall entry has ``numel``, ``mean`` and ``std`` of the signed
+        movement, ``mean_abs`` and ``max_abs`` of its size. ``bins`` (pooled over matrices) has, per
+        starting-position bin [``start_lo``, ``start_hi``) in %, the ``count``, the ``mean``, ``std`` and
+        ``mean_abs`` movement and the ``mean_abs_weight`` (mean starting |w|). ``histogram`` has
+        ``edges`` (``HIST_EDGES + 1`` values in [-100, 100]) and ``counts`` of the signed movement.
+
+    Raises:
+        ValueError: the checkpoints differ in architecture.
+    """
+    targets = check_same_architecture(before, after, name_before, name_after)
+    rows, per_kind, per_bin, hist = [], {}, [[] for _ in range(bins)], torch.zeros(HIST_EDGES, dtype=torch.float64)
+    for t in targets:
+        delta, sums = _matrix_movement(get_parameter(before, t).cpu(), get_parameter(after, t).cpu(), bins)
+        whole = _merge(sums)
+        rows.append({"name": t.name, "kind": t.kind, "layer": t.layer, **whole})
+        per_kind.setdefault(t.kind, []).extend(sums)
+        for i, part in enumerate(sums):
+            per_bin[i].append(part)
+        hist += torch.histc(delta, bins=HIST_EDGES, min=-100.0, max=100.0).double()
+        logger.debug("%s: mean |movement| %.3f points", t.name, whole["mean_abs"])
+
+    binned = []
+    for i, parts in enumerate(per_bin):
+        stats, count = _merge(parts), sum(p["count"] for p in parts)
+        binned.append({"start_lo": 100.0 * i / bins, "start_hi": 100.0 * (i + 1) / bins, "count": count,
+                       "mean": stats["mean"], "std": stats["std"], "mean_abs": stats["mean_abs"],
+                       "mean_abs_weight": sum(p["sum_weight"] for p in parts) / count if count else 0.0})
+    edges = torch.linspace(-100.0, 100.0, HIST_EDGES + 1)
+    return {"targets": rows, "by_kind": {k: _merge(per_kind[k]) for k in KINDS if k in per_kind},
+            "overall": _merge([p for parts in per_bin for p in parts]), "bins": binned,
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in hist]}}
