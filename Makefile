@@ -29,6 +29,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_masks.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

@@ -37,3 +37,36 @@ def test_minilm_prune_roundtrip_and_graceful_degradation(tmp_path):
         similarity[sparsity] = torch.nn.functional.cosine_similarity(embed(model, tokenizer, texts), dense).min().item()
     assert similarity[0.1] > 0.95  # light magnitude pruning barely moves a pretrained model
     assert similarity[0.9] < similarity[0.1]
+
+
+def shared_data():
+    """Real data: $PRUNELAB_DATA, or the shared/ folder beside the repository."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("PRUNELAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (path / "glue" / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"real GLUE data not found under {path}; set PRUNELAB_DATA")
+    return path
+
+
+def test_minilm_finetunes_on_real_sst2_dense_and_50_percent_pruned(tmp_path):
+    import json
+
+    from prunelab.training.finetune import FinetuneConfig, finetune
+
+    data = shared_data()
+    assert main(["prune", "minilm", "--sparsity", "0.5", "--out", str(tmp_path / "p50")]) == 0
+    results = {}
+    for name, model in [("dense", "minilm"), ("pruned-50", str(tmp_path / "p50"))]:
+        results[name] = finetune(FinetuneConfig(model=model, task="SST-2", out=str(tmp_path / name), data_dir=str(data / "glue"),
+                                                lrs=[1e-4], epochs=2, batch_size=16, max_seq_len=64, max_train_samples=1024,
+                                                save_model=True, logging_steps=20))
+    print(json.dumps({k: {"accuracy": v["dev"]["dev"]["accuracy"], "train_loss_full": v["train_loss_full"],
+                          "sparsity": v["sparsity"], "seconds": v["seconds"]} for k, v in results.items()}, indent=1))
+    assert results["dense"]["dev"]["dev"]["accuracy"] > 0.75  # far above the 0.51 majority class
+    assert results["pruned-50"]["dev"]["dev"]["accuracy"] > 0.6
+    assert results["pruned-50"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    masks = load_masks(tmp_path / "p50" / "masks.safetensors")
+    tuned = AutoModel.from_pretrained(tmp_path / "pruned-50" / "model")
+    assert all(bool((tuned.get_parameter(n)[~m] == 0).all()) for n, m in masks.items())

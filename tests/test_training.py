@@ -205,3 +205,27 @@ def test_pretrain_cli_errors(tmp_path, capsys):
     assert main(["pretrain", model, "--corpus", str(tmp_path / "none.txt"), "--steps", "2", "--sparsity", "0.5",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "none.txt not found" in capsys.readouterr().err
+
+
+def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, glue_dir):  # noqa: F811
+    import subprocess
+    import sys
+
+    model = save_tiny(tmp_path / "m")
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(model), "--sparsity", "0.5", "--out", str(pruned)]) == 0
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "prunelab", "finetune", str(pruned),
+         "--task", "rte", "--data-dir", str(glue_dir), "--lr", "1e-3", "--epochs", "1", "--batch-size", "4",
+         "--max-seq-len", "16", "--out", str(out), "--save-model"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("rte (masks held (pruned))") == 1  # one summary, from the main process
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["runs"][0]["steps"] == 2  # 16 examples / (2 ranks x batch 4): the data was split
+    assert metrics["sparsity"] == pytest.approx(0.5, abs=2e-3)
+    assert 0.3 < metrics["train_loss_full"] < 1.5  # a mean loss, not multiplied by the world size
+    tuned = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    for name, mask in load_masks(pruned / "masks.safetensors").items():
+        assert bool((tuned.bert.get_parameter(name)[~mask] == 0).all())

@@ -27,6 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..training.run import is_main_process
     from ..training.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(
@@ -36,6 +37,8 @@ def run(args) -> int:
         criterion=args.criterion, scope=args.scope, warmup_ratio=args.warmup_ratio, **trainer_options(args),
     )
     metrics = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # one summary per data-parallel launch
+        return 0
     dev = ", ".join(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in figures.items() if k != "loss")
                     for split, figures in metrics["dev"].items())
     print(f"{metrics['task']} ({metrics['regime']}): best lr {metrics['best_lr']:g}: {dev}; training loss over the "

@@ -35,6 +35,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..training.run import is_main_process
     from ..training.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
@@ -46,6 +47,8 @@ def run(args) -> int:
         head_warmup_steps=args.head_warmup_steps, save_steps=args.save_steps, **trainer_options(args),
     )
     metrics = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # one summary per data-parallel launch
+        return 0
     before = "n/a" if metrics["dev_loss_before"] is None else f"{metrics['dev_loss_before']:.4f}"
     print(f"MLM dev loss {before} -> {metrics['dev_loss_after']:.4f} at {metrics['sparsity']:.2%} sparsity "
           f"after {metrics['steps']} steps; model and masks in {args.out}/model, metrics in {args.out}/metrics.json")

@@ -32,7 +32,7 @@ from ..pruner import Pruner
 from ..scores import CRITERIA
 from ..select import SCOPES
 from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, held_masks_config, last_checkpoint,
-                  mask_selection, prepare_run_dir, save_run_config, saved_masks, training_arguments, write_json)
+                  is_main_process, mask_selection, prepare_run_dir, save_run_config, saved_masks, training_arguments, write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = Fal
         data = {name: encode(rows, tokenizer, cfg.max_seq_len, task.is_regression) for name, rows in splits.items()}
         runs = [_run_one_lr(cfg, task, lr, data, tokenizer, out / f"lr-{lr:g}") for lr in cfg.lrs]
         best = max(runs, key=lambda r: r["dev_score"])
-        if cfg.save_model:
+        if cfg.save_model and is_main_process():
             _keep_only_best_model(out, runs, best)
         metrics = {
             "task": task.name, "regime": _regime(cfg), "best_lr": best["lr"], "dev": best["dev"],
@@ -157,7 +157,8 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
 
         logger.info("lr %g already finished in %s", lr, run_dir)
         return json.loads(result_path.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     problem = "regression" if task.is_regression else "single_label_classification"
     model, _ = load_model(cfg.model, model_class=AutoModelForSequenceClassification, num_labels=task.num_labels, problem_type=problem)
@@ -189,7 +190,7 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
         "sparsity": report["overall"]["sparsity"] if report else _overall_sparsity(model),
         "steps": trainer.state.global_step, "seconds": time.time() - started,
     }
-    if cfg.save_model:
+    if cfg.save_model and is_main_process():
         masks = pruner.masks if pruner is not None else {}
         info = {"source": cfg.model, "task": task.name, "config": (pruner.config.to_dict() if pruner else {}),
                 "versions": versions(), "report": report or {}, "finetune": result}
@@ -197,7 +198,8 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
         result["model"] = str(run_dir / "model")
     write_json(run_dir / "log_history.json", {"log_history": trainer.state.log_history})
     write_json(result_path, result)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is done; its result is what resumes use
+    if is_main_process():  # the run is done; its result is what resumes use
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return result
 
 

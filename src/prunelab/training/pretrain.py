@@ -28,7 +28,7 @@ from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
 from ..corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
 from ..pruner import Pruner
-from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, last_checkpoint, prepare_run_dir,
+from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint, prepare_run_dir,
                   save_run_config, training_arguments, write_json)
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,8 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
         "seconds": time.time() - started, "versions": versions(),
     }
     info = {"source": cfg.model, "config": pruner.config.to_dict(), "versions": versions(), "report": report, "pretrain": metrics}
-    save_artifact(model, tokenizer, pruner.masks, info, out / "model", overwrite=True)
+    if is_main_process():
+        save_artifact(model, tokenizer, pruner.masks, info, out / "model", overwrite=True)
     write_json(out / "log_history.json", {"log_history": trainer.state.log_history})
     write_json(out / METRICS_FILE, metrics)
     return metrics

@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+import shutil
+
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -21,21 +23,31 @@ CONFIG_FILE = "run_config.json"
 METRICS_FILE = "metrics.json"
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a data-parallel launch (torchrun and accelerate set RANK).
+
+    Only the main process writes run files, so ranks never race on the run directory; every rank trains.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def prepare_run_dir(out: str | os.PathLike, *, overwrite: bool, resume: bool) -> Path:
-    """Create the run directory; an existing non-empty one needs `resume` (continue) or `overwrite`."""
+    """Create the run directory (main process); an existing non-empty one needs `resume` or `overwrite`."""
     out = Path(out)
+    if not is_main_process():
+        return out
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"output directory {out} is not empty; pass --resume to continue that run, --overwrite to replace it, or choose another --out")
     if overwrite and not resume and out.exists():
-        import shutil
-
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write sorted JSON atomically (temporary file, then rename)."""
+    """Write sorted JSON atomically (temporary file, then rename); main process only."""
+    if not is_main_process():
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(dumps(data))
@@ -47,8 +59,9 @@ def save_run_config(out: Path, config) -> None:
 
 
 def attach_log_file(out: Path) -> logging.Handler:
-    """Send prunelab's and transformers' log records of this run to ``<out>/train.log``."""
-    handler = logging.FileHandler(out / "train.log")
+    """Send prunelab's and transformers' log records of this run to ``<out>/train.log`` (main process;
+    other ranks log nowhere extra)."""
+    handler = logging.FileHandler(out / "train.log") if is_main_process() else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("prunelab", "transformers"):
         logging.getLogger(name).addHandler(handler)
@@ -70,7 +83,10 @@ def training_arguments(output_dir: Path, *, seed: int, learning_rate: float, bat
         output_dir=str(output_dir), seed=seed, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, fp16=fp16, bf16=bf16,
         report_to=[] if report_to == "none" else report_to.split(","), logging_steps=logging_steps,
-        save_total_limit=1, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), **kwargs,
+        save_total_limit=1, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # on a CPU-only machine, torchrun ranks need this to form DDP
+        average_tokens_across_devices=False,  # else transformers 5 reports eval losses times the world size
+        **kwargs,
     )
 
 
