@@ -96,3 +96,14 @@ def test_different_architectures_are_refused():
                                                                        num_attention_heads=4, intermediate_size=37))
     with pytest.raises(ValueError, match="differ in architecture"):
         sort_order_movement(tiny_model("bert"), wider)
+
+
+def test_checkpoints_with_different_heads_compare_their_base_weights():
+    base = tiny_model("bert")  # BertModel: parameters named embeddings.*, encoder.*
+    classifier = tiny_model("bert", "cls")  # BertForSequenceClassification: bert.embeddings.*, ...
+    classifier.bert.load_state_dict(base.state_dict())
+    assert sort_order_movement(base, classifier)["overall"]["max_abs"] == 0.0
+    with torch.no_grad():
+        classifier.bert.encoder.layer[0].intermediate.dense.weight.mul_(torch.rand(37, 32) + 0.5)
+    rows = {r["name"]: r for r in sort_order_movement(classifier, base)["targets"]}
+    assert rows["encoder.layer.0.intermediate.dense.weight"]["mean_abs"] > 1.0

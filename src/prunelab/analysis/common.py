@@ -63,8 +63,9 @@ def pruned(model: nn.Module, masks: dict[str, torch.Tensor], targets: list[Targe
                     get_parameter(model, t).copy_(saved[t.name])
 
 
-def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str) -> list[Target]:
-    """Targets of `a` after checking that `b` has the same model type and the same target names and shapes.
+def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str) -> list[tuple[Target, Target]]:
+    """Pairs of the same target in `a` and `b`, after checking that both have the same model type and the
+    same target names and shapes. Head classes may differ (a ``BertModel`` and a fine-tuned classifier).
 
     Raises:
         ValueError: naming the first difference.
@@ -74,16 +75,18 @@ def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str
         raise ValueError(f"{name_a!r} is a {type_a} model and {name_b!r} a {type_b} model; compare two checkpoints "
                          "of the same architecture")
     targets_a, targets_b = resolve_targets(a), {t.name: t for t in resolve_targets(b)}
+    pairs = []
     for t in targets_a:
         other = targets_b.pop(t.name, None)
         if other is None or other.shape != t.shape:
             got = "missing" if other is None else f"of shape {other.shape}"
             raise ValueError(f"{name_a!r} and {name_b!r} differ in architecture: {t.name} {t.shape} is {got} in "
                              f"{name_b!r}; compare two checkpoints of the same architecture")
+        pairs.append((t, other))
     if targets_b:
         raise ValueError(f"{name_b!r} has target {next(iter(targets_b))} that {name_a!r} lacks; compare two "
                          "checkpoints of the same architecture")
-    return targets_a
+    return pairs
 
 
 def describe(name: str) -> tuple[str | None, int | None]:

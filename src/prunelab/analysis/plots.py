@@ -190,6 +190,8 @@ def plot_movement(movement: dict, path, title: str) -> Path:
     total = max(sum(counts), 1)
     axes[0].bar(edges[:-1], [100 * c / total for c in counts], width=edges[1] - edges[0], align="edge")
     axes[0].set_yscale("log")
+    reach = max(abs(e) for e, c in zip(edges, counts) if c) + 2 * (edges[1] - edges[0]) if any(counts) else 100.0
+    axes[0].set_xlim(-min(reach, 100.0), min(reach, 100.0))  # the counts lie in [-reach, reach]
     axes[0].set_xlabel("movement in sort order (percentage points; + = relatively larger)")
     axes[0].set_ylabel("weights (% of all targets, log scale)")
     overall = movement["overall"]
@@ -225,8 +227,10 @@ def plot_mask_diff(diff: dict, path, title: str) -> Path:
                label=f"two random masks: {100 * overall['random_baseline']:.1f}%")
     ax.axhline(100 * overall["differ"], color="black", linestyle=":", label=f"overall: {100 * overall['differ']:.2f}%")
     ax.set_ylabel("weights pruned by one mask, kept by the other (%)")
-    ax.set_ylim(bottom=0)
-    ax.legend(title="kind", fontsize=8)
+    # Symmetric log: differences of a fraction of a percent and the random baseline of tens of percent both show.
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0, top=100)
+    fig.legend(*ax.get_legend_handles_labels(), title="kind", fontsize=8, loc="outside right center")
     ax.set_title(f"{title}\nsparsity A {100 * overall['sparsity_a']:.1f}%, B {100 * overall['sparsity_b']:.1f}%")
     return _save(fig, path)
 
