@@ -76,6 +76,16 @@ def test_heatmap(bert_dir, tmp_path):
     assert sum(int(r["count"]) for r in lengths) == 64
 
 
+def test_heatmap_of_a_model_without_tokenizer(tmp_path, capsys):
+    tiny_model("xlnet").save_pretrained(tmp_path / "xlnet")
+    out = tmp_path / "heat"
+    assert analyze("heatmap", tmp_path / "xlnet", "--out", out) == 0
+    assert "skipping the word-embedding heatmap" in capsys.readouterr().out
+    assert_png(out / "key_layer0.png")
+    assert not (out / "embeddings.png").exists()
+    assert read_json(out / "heatmap.json")["result"]["key"]["name"] == "layer.0.rel_attn.k"
+
+
 def test_movement_and_mask_diff_before_and_after(bert_dir, tmp_path):
     import torch
     from transformers import AutoModelForMaskedLM
@@ -152,6 +162,7 @@ def bad_inputs(bert_dir, tmp_path):
         (["similarity", bert_dir, "--out", out], "nothing to compare"),
         (["similarity", bert_dir, "--sparsities", "0.5", "--text", tmp_path / "no.txt", "--out", out], "does not exist"),
         (["similarity", bert_dir, "--reference", distil, "--out", out], "distil' is a distilbert model and"),
+        (["similarity", distil, "--sparsities", "0.5", "--out", out], "pass a model directory with its tokenizer files"),
         (["sensitivity", bert_dir, "--sparsity", 2, "--out", out], "sparsity 2.0 is outside [0, 1]"),
     ]
 

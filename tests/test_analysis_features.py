@@ -1,5 +1,3 @@
-import copy
-
 import pytest
 import torch
 from conftest import MODEL_TYPES, batch, tiny_model
@@ -112,4 +110,4 @@ def test_load_texts_errors(tmp_path):
         load_texts(tmp_path / "empty.txt")
     (tmp_path / "t.txt").write_text("a b\n\n c d \n")
     assert load_texts(tmp_path / "t.txt") == ["a b", "c d"]
-    assert copy.copy(load_texts(max_texts=3)) == load_texts()[:3]
+    assert load_texts(max_texts=3) == load_texts()[:3]

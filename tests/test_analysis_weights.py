@@ -114,6 +114,14 @@ def test_key_heatmap_puts_heads_side_by_side(model_type):
         assert data["head_mean_abs"][h] == pytest.approx(float(per_head[h].mean()))
 
 
+class FakeTokenizer:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
 def test_embedding_heatmap_sorts_rows_by_subword_length(bert_dir):
     from prunelab.artifact import load_model
 
@@ -128,8 +136,10 @@ def test_embedding_heatmap_sorts_rows_by_subword_length(bert_dir):
         assert torch.equal(data["magnitude"][i], weight[data["token_ids"][i]].abs())
     assert sum(b["count"] for b in data["by_length"]) == len(lengths)
     assert subword_length("##ing") == 3 and subword_length("\u2581the") == 3 and subword_length("##") == 2
-    with pytest.raises(ValueError, match="no tokenizer"):
+    with pytest.raises(ValueError, match="has no tokenizer"):
         embedding_heatmap(model, None)
+    with pytest.raises(ValueError, match="a tokenizer of 3 entries for 64 embeddings"):
+        embedding_heatmap(model, FakeTokenizer(3))
 
 
 def test_describe_and_packaged_sample():

@@ -5,14 +5,15 @@ movement between checkpoints), ``masks`` (mask difference), ``features`` (hidden
 sensitivity), ``plots`` (one figure per analysis; needs matplotlib).
 """
 
-from .common import load_texts, magnitude_masks, split_heads
+from .common import check_same_architecture, check_tokenizer, load_texts, magnitude_masks, split_heads
 from .features import encode, layer_similarity, mlm_loss, sensitivity, similarity_curves
 from .masks import compare_masks, load_mask_source, mask_difference, random_baseline
 from .movement import sort_order_movement, sort_positions
 from .weights import embedding_heatmap, head_pruning, key_heatmap, pruned_mass, subword_length, weight_stats
 
 __all__ = [
-    "compare_masks", "embedding_heatmap", "encode", "head_pruning", "key_heatmap", "layer_similarity", "load_mask_source",
-    "load_texts", "magnitude_masks", "mask_difference", "mlm_loss", "pruned_mass", "random_baseline", "sensitivity",
-    "similarity_curves", "sort_order_movement", "sort_positions", "split_heads", "subword_length", "weight_stats",
+    "check_same_architecture", "check_tokenizer", "compare_masks", "embedding_heatmap", "encode", "head_pruning",
+    "key_heatmap", "layer_similarity", "load_mask_source", "load_texts", "magnitude_masks", "mask_difference",
+    "mlm_loss", "pruned_mass", "random_baseline", "sensitivity", "similarity_curves", "sort_order_movement",
+    "sort_positions", "split_heads", "subword_length", "weight_stats",
 ]

@@ -63,6 +63,21 @@ def pruned(model: nn.Module, masks: dict[str, torch.Tensor], targets: list[Targe
                     get_parameter(model, t).copy_(saved[t.name])
 
 
+def check_tokenizer(tokenizer, model: nn.Module, name: str = "the model") -> None:
+    """Fail unless `tokenizer` is a real vocabulary for `model`.
+
+    transformers 5 builds a tokenizer of only the special tokens for a directory without tokenizer files;
+    such a tokenizer maps all text to unknown tokens, so it is refused like a missing one.
+
+    Raises:
+        ValueError: `tokenizer` is None or has fewer than half as many entries as the model's vocabulary.
+    """
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if tokenizer is None or len(tokenizer) < vocab / 2:
+        found = "no tokenizer" if tokenizer is None else f"a tokenizer of {len(tokenizer)} entries for {vocab} embeddings"
+        raise ValueError(f"{name} has {found}; pass a model directory with its tokenizer files")
+
+
 def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str) -> list[tuple[Target, Target]]:
     """Pairs of the same target in `a` and `b`, after checking that both have the same model type and the
     same target names and shapes. Head classes may differ (a ``BertModel`` and a fine-tuned classifier).

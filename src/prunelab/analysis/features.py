@@ -11,7 +11,7 @@ from torch import nn
 
 from ..select import compute_masks
 from ..targets import KINDS, Target, resolve_targets
-from .common import check_same_architecture, parse_sparsity, pruned, target_weights
+from .common import check_same_architecture, check_tokenizer, parse_sparsity, pruned, target_weights
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def mask_tokens(batches: list[dict], tokenizer, *, probability: float = 0.15, se
 
 
 @torch.no_grad()
-def mlm_loss(model: nn.Module, batches: list[dict], *, device: str = "cpu", progress: bool = False, desc: str = "mlm loss") -> float:
+def mlm_loss(model: nn.Module, batches: list[dict], *, device: str = "cpu", progress: bool = False,
+             desc: str = "mlm loss") -> float:
     """Mean cross-entropy (nats per masked token) of an MLM model on batches from ``mask_tokens``."""
     total, count = 0.0, 0
     for batch in _progress(batches, desc, progress):
@@ -178,8 +179,8 @@ def sensitivity(model: nn.Module, tokenizer, texts: list[str], sparsity: float, 
     """How much pruning only one layer (or one kind) to `sparsity` changes the model.
 
     Each group (``layer N`` and ``embeddings`` when `by` = ``layer``; each kind when ``kind``; never the
-    pooler, which neither metric reads) is pruned alone by magnitude (matrix scope) and the metric measured; then all targets together
-    (group ``all``) for scale. `model` is restored afterwards.
+    pooler, which neither metric reads) is pruned alone by magnitude (matrix scope) and the metric
+    measured; then all targets together (group ``all``) for scale. `model` is restored afterwards.
 
     Args:
         model: Any supported model.
@@ -194,6 +195,10 @@ def sensitivity(model: nn.Module, tokenizer, texts: list[str], sparsity: float, 
     Returns:
         ``{"metric", "sparsity", "by", "baseline", "rows": [{"group", "targets", "numel", "value", "delta"}]}``;
         ``delta`` = value - baseline (loss increase, or similarity drop as a negative number).
+
+    Raises:
+        ValueError: a sparsity outside [0, 1], an unknown grouping or metric, no usable tokenizer, or
+            ``mlm_loss`` for a model without a masked-LM head.
     """
     sparsity = parse_sparsity(sparsity)
     if by not in GROUPINGS:
@@ -204,6 +209,7 @@ def sensitivity(model: nn.Module, tokenizer, texts: list[str], sparsity: float, 
         metric = "mlm_loss" if has_mlm_head(model) and getattr(tokenizer, "mask_token_id", None) is not None else "similarity"
     if metric == "mlm_loss" and not has_mlm_head(model):
         raise ValueError(f"{type(model).__name__} has no masked-LM head, so no MLM loss; use --metric similarity")
+    check_tokenizer(tokenizer, model)
     model = model.to(device).eval()
     batches = encode(tokenizer, texts, batch_size=batch_size, max_length=max_length)
     targets = resolve_targets(model)

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..select import compute_masks
 from ..targets import KINDS, Target, get_parameter, resolve_targets
-from .common import ATTENTION_KINDS, num_heads, parse_sparsity, split_heads, target_weights
+from .common import ATTENTION_KINDS, check_tokenizer, num_heads, parse_sparsity, split_heads, target_weights
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +154,15 @@ def embedding_heatmap(model: nn.Module, tokenizer) -> dict:
     Rows beyond the tokenizer's vocabulary (padding rows of the matrix) are left out; equal lengths keep
     id order.
 
+    Raises:
+        ValueError: no tokenizer, or one without a vocabulary (see ``check_tokenizer``).
+
     Returns:
         ``{"name", "magnitude", "lengths", "token_ids", "by_length"}``: ``magnitude`` float32 of shape
         ``(rows, d_embed)``, ``lengths`` int64 ``(rows,)`` ascending, ``token_ids`` the row ids in that
         order, ``by_length`` one entry per length with ``count`` and ``mean_abs``.
     """
-    if tokenizer is None:
-        raise ValueError("the model has no tokenizer, so subword lengths are unknown; pass a model directory with "
-                         "tokenizer files")
+    check_tokenizer(tokenizer, model)
     target = next(t for t in resolve_targets(model) if t.kind == "embeddings")
     weight = get_parameter(model, target).detach().float().abs()
     rows = min(weight.shape[0], len(tokenizer))

@@ -100,7 +100,8 @@ def _mass(args, out: Path) -> list[Path]:
     model, _ = load_model(args.model)
     mass = analysis.pruned_mass(model, _sparsities(args.sparsities), scope=args.scope)
     files = [_csv(out / "mass.csv", mass["rows"]), _json(out / "mass.json", "mass", {"model": args.model}, mass)]
-    return files + _figure(args, plots.plot_mass, mass, out / "mass.png", f"Weight mass pruned by one-shot magnitude pruning: {args.model}")
+    return files + _figure(args, plots.plot_mass, mass, out / "mass.png",
+                           f"Weight mass pruned by one-shot magnitude pruning: {args.model}")
 
 
 def _heads(args, out: Path) -> list[Path]:
@@ -114,14 +115,17 @@ def _heads(args, out: Path) -> list[Path]:
 def _heatmap(args, out: Path) -> list[Path]:
     model, tokenizer = load_model(args.model)
     key = analysis.key_heatmap(model, args.layer)
-    embeddings = analysis.embedding_heatmap(model, tokenizer) if tokenizer is not None else None
+    try:
+        embeddings = analysis.embedding_heatmap(model, tokenizer)
+    except ValueError as err:  # no usable tokenizer: the key heatmap alone
+        embeddings, reason = None, str(err)
     summary = {"key": {k: key[k] for k in ("name", "layer", "heads", "d_head", "head_mean_abs")}}
     files = []
     if embeddings is not None:
         summary["embeddings"] = {"name": embeddings["name"], "by_length": embeddings["by_length"]}
         files.append(_csv(out / "embeddings_by_length.csv", embeddings["by_length"]))
     else:
-        print(f"note: {args.model} has no tokenizer; skipping the word-embedding heatmap")
+        print(f"note: skipping the word-embedding heatmap: {reason}")
     files.append(_json(out / "heatmap.json", "heatmap", {"model": args.model, "layer": args.layer}, summary))
     files += _figure(args, plots.plot_key_heatmap, key, out / f"key_layer{args.layer}.png",
                      f"Key-projection |w|, layer {args.layer}, heads side by side: {args.model}")
@@ -155,7 +159,8 @@ def _mask_diff(args, out: Path) -> list[Path]:
     files = [_csv(out / "mask_diff.csv", diff["targets"]), _csv(out / "mask_diff_by_kind.csv", by_kind),
              _json(out / "mask_diff.json", "mask-diff", {"a": args.a, "b": args.b, "sparsity": args.sparsity}, diff)]
     how = f"both pruned at {args.sparsity:.0%}" if args.sparsity is not None else "saved masks"
-    return files + _figure(args, plots.plot_mask_diff, diff, out / "mask_diff.png", f"Mask difference, {how}: A = {args.a}, B = {args.b}")
+    return files + _figure(args, plots.plot_mask_diff, diff, out / "mask_diff.png",
+                           f"Mask difference, {how}: A = {args.a}, B = {args.b}")
 
 
 def _similarity(args, out: Path) -> list[Path]:
@@ -166,9 +171,13 @@ def _similarity(args, out: Path) -> list[Path]:
     model, tokenizer = load_model(args.model)
     if args.reference is not None:
         reference, ref_tokenizer = load_model(args.reference)
-        tokenizer, models, name = ref_tokenizer or tokenizer, {args.model: model}, args.reference
+        analysis.check_same_architecture(reference, model, args.reference, args.model)
+        if ref_tokenizer is not None and len(ref_tokenizer) >= len(tokenizer or ()):  # the better vocabulary
+            tokenizer = ref_tokenizer
+        models, name = {args.model: model}, args.reference
     else:
         reference, models, name = model, {}, args.model
+    analysis.check_tokenizer(tokenizer, reference, repr(name))
     texts = analysis.load_texts(args.text, args.max_texts)
     batches = analysis.encode(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_length)
     result = analysis.similarity_curves(reference, batches, sparsities=sparsities, models=models, scope=args.scope,
