@@ -44,14 +44,16 @@ def _matrix_movement(before: torch.Tensor, after: torch.Tensor, bins: int) -> tu
     """Histogram of the signed movement (``HIST_EDGES`` counts over [-100, 100] points) and per-bin sums.
 
     Working in `before`'s sorted order makes the starting-position bins contiguous segments, reduced by
-    one ``segment_reduce`` call per statistic (no scatter, no bincount, no Python loop over bins), and the
-    sorted keys give the starting |w| for free.
+    one ``segment_reduce`` call per statistic (no bincount, no Python loop over bins or weights).
     """
     n = before.numel()
-    sorted_keys, order_before = torch.sort(_sort_keys(before), stable=True)
+    keys_before = _sort_keys(before)
+    order_before = torch.argsort(keys_before, stable=True)
     order_after = torch.argsort(_sort_keys(after), stable=True)
     position_after = torch.empty_like(order_after).scatter_(0, order_after, torch.arange(n))
-    delta = position_after[order_before].sub_(torch.arange(n)).double().mul_(100.0 / max(n - 1, 1))
+    # index_select is ~3x faster than advanced indexing for this random gather
+    delta = position_after.index_select(0, order_before).sub_(torch.arange(n)).double().mul_(100.0 / max(n - 1, 1))
+    sorted_keys = keys_before.index_select(0, order_before)
     size = delta.abs()
     # Position p (of 0..n-1) falls in bin floor(p * bins / (n - 1)), the top position in the last bin.
     edges = [-(-i * (n - 1) // bins) for i in range(bins)] + [n]
