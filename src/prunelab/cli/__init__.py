@@ -9,9 +9,9 @@ import argparse
 import logging
 import sys
 
-from . import analyze_cmd, finetune_cmd, inspect_cmd, pretrain_cmd, prune_cmd
+from . import analyze_cmd, finetune_cmd, inspect_cmd, pretrain_cmd, prune_cmd, study_cmd
 
-COMMANDS = (inspect_cmd, prune_cmd, pretrain_cmd, finetune_cmd, analyze_cmd)
+COMMANDS = (inspect_cmd, prune_cmd, pretrain_cmd, finetune_cmd, study_cmd, analyze_cmd)
 USER_ERRORS = (ValueError, KeyError, OSError)
 
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
     try:
         return args.run(args)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"prunelab {args.command}: error: {message}", file=sys.stderr)

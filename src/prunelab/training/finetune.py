@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
 from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
@@ -161,6 +161,7 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
         run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     problem = "regression" if task.is_regression else "single_label_classification"
+    set_seed(cfg.seed)  # the fresh classifier is initialised while loading: seed first, or results depend on the process
     model, _ = load_model(cfg.model, model_class=AutoModelForSequenceClassification, num_labels=task.num_labels, problem_type=problem)
     pruner = _pruner_for(cfg, model, len(data["train"]))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, default_data_collator
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
 from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
@@ -65,6 +65,7 @@ class PretrainConfig:
     mlm_probability: float = 0.15
     head_warmup_steps: int = 0
     max_dev_blocks: int = 512
+    max_train_lines: int | None = None  # use only the first N lines of the training text
     seed: int = 42
     grad_accum: int = 1
     fp16: bool = False
@@ -138,6 +139,8 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     lines = (read_corpus(cfg.corpus) if cfg.corpus else []) + (
         read_hub_corpus(cfg.dataset, cfg.dataset_split, cfg.text_column) if cfg.dataset else [])
     train_lines, dev_lines = (lines, read_corpus(cfg.dev_file)) if cfg.dev_file else split_dev(lines, cfg.dev_fraction)
+    train_lines = train_lines[: cfg.max_train_lines]
+    set_seed(cfg.seed)  # a missing MLM head is initialised while loading: seed first
     model, tokenizer = load_model(cfg.model, model_class=AutoModelForMaskedLM)
     if cfg.tokenizer:
         _, tokenizer = load_model(cfg.tokenizer)

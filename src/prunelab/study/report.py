@@ -1,0 +1,236 @@
+"""The report of a study: the paper's Table 1 (Markdown, CSV, LaTeX), Figures 1 and 2 (left), and report.md.
+
+Cells: for each regime x sparsity x task, the best dev score over learning rates (each learning rate's
+score averaged over seeds), scaled to 0-100 as GLUE reports it, with the loss over the whole training
+set of that run beside it. The pre-training column is the MLM dev loss of the model the regime starts
+from. A cell whose runs have not finished is marked missing (an em dash), so a partial study reports too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..glue import get_task
+from .plan import expand, pretrain_id
+from .runner import open_study, run_dir, study_status
+
+MISSING = "—"
+REGIME_LABELS = {"pruned": "Pruned (during pre-training)", "information_deletion": "Information deletion",
+                 "pruned_after_finetuning": "Pruned after fine-tuning", "random": "Random pruning"}
+
+
+def collect(root: str | Path) -> dict:
+    """Read every finished run of the study in `root` into the table's cells.
+
+    Returns:
+        ``{"spec", "tasks", "rows": [{"regime", "sparsity", "pretrain_loss", "cells": {task: {"score",
+        "train_loss", "lr"} | None}, "average": {...} | None}], "status"}``.
+    """
+    root = Path(root)
+    spec, _ = open_study(root)
+    results = {}
+    for run in expand(spec):
+        path = run_dir(root, run.id) / "result.json"
+        if path.is_file():
+            results[run.id] = json.loads(path.read_text())
+    tasks = [get_task(t).name for t in spec.finetune.tasks]
+    rows = []
+    for regime in spec.regimes:
+        for sparsity in spec.sparsities:
+            name = "dense" if sparsity == 0 else regime
+            criterion = "random" if regime == "random" else spec.criterion
+            source = pretrain_id(0.0 if regime == "pruned_after_finetuning" else sparsity, criterion)
+            pre = results.get(source)
+            cells = {task: _best_cell(results, name, sparsity, task, spec) for task in tasks}
+            complete = all(cells.values())
+            average = ({"score": float(np.mean([c["score"] for c in cells.values()])),
+                        "train_loss": float(np.mean([c["train_loss"] for c in cells.values()]))} if complete else None)
+            rows.append({"regime": regime, "sparsity": sparsity, "pretrain_loss": pre["dev_loss_after"] if pre else None,
+                         "cells": cells, "average": average})
+    return {"spec": spec, "tasks": tasks, "rows": rows, "status": study_status(root)}
+
+
+def _best_cell(results: dict, regime: str, sparsity: float, task: str, spec) -> dict | None:
+    by_lr = {}
+    for lr in spec.finetune.lrs:
+        runs = [results.get(f"finetune-{regime}-s{sparsity:.2f}-{task}-lr{lr:g}-seed{seed}") for seed in spec.finetune.seeds]
+        if any(r is None for r in runs):
+            return None  # a missing run makes the cell missing: the best of a partial grid is not the best
+        by_lr[lr] = (float(np.mean([r["dev_score"] for r in runs])) * 100, float(np.mean([r["train_loss_full"] for r in runs])))
+    lr = max(by_lr, key=lambda k: by_lr[k][0])
+    return {"score": by_lr[lr][0], "train_loss": by_lr[lr][1], "lr": lr}
+
+
+# -- tables -------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table_markdown(data: dict) -> str:
+    tasks = data["tasks"]
+    lines = ["| Regime | Sparsity | Pre-train loss | " + " | ".join(t.upper() for t in tasks) + " | Avg. |",
+             "|---|---:|---:|" + "---:|" * (len(tasks) + 1)]
+    for row in data["rows"]:
+        cells = [_cell(row["cells"][t]) for t in tasks] + [_cell(row["average"])]
+        lines.append(f"| {REGIME_LABELS[row['regime']]} | {row['sparsity']:.0%} | {_fmt(row['pretrain_loss'], 2)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(cell: dict | None) -> str:
+    return MISSING if cell is None else f"{cell['score']:.1f} ({cell['train_loss']:.2f})"
+
+
+def table_csv(data: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["regime", "sparsity", "pretrain_loss"] + [f"{t}_{k}" for t in data["tasks"] for k in ("score", "train_loss", "lr")]
+                    + ["average_score", "average_train_loss"])
+    for row in data["rows"]:
+        values = [row["regime"], row["sparsity"], row["pretrain_loss"]]
+        for t in data["tasks"]:
+            cell = row["cells"][t] or {}
+            values += [cell.get("score"), cell.get("train_loss"), cell.get("lr")]
+        values += [(row["average"] or {}).get("score"), (row["average"] or {}).get("train_loss")]
+        writer.writerow(["" if v is None else v for v in values])
+    return out.getvalue()
+
+
+def table_latex(data: dict) -> str:
+    tasks = data["tasks"]
+    lines = [r"\begin{tabular}{ll" + "r" * (len(tasks) + 2) + "}", r"\toprule",
+             "Regime & Sparsity & Pre-train loss & " + " & ".join(t.upper() for t in tasks) + r" & Avg. \\", r"\midrule"]
+    for row in data["rows"]:
+        cells = [_cell(row["cells"][t]).replace(MISSING, "--") for t in tasks] + [_cell(row["average"]).replace(MISSING, "--")]
+        pre = _fmt(row["pretrain_loss"], 2).replace(MISSING, "--")
+        lines.append(f"{REGIME_LABELS[row['regime']]} & {row['sparsity'] * 100:.0f}\\% & {pre} & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- figures ------------------------------------------------------------------------------------------
+
+
+def figure_1(data: dict, path: Path) -> None:
+    """Average dev score and average training loss vs sparsity, one line per regime."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for regime in data["spec"].regimes:
+        rows = [r for r in data["rows"] if r["regime"] == regime and r["average"]]
+        xs = [r["sparsity"] * 100 for r in rows]
+        left.plot(xs, [r["average"]["score"] for r in rows], marker="o", label=REGIME_LABELS[regime])
+        right.plot(xs, [r["average"]["train_loss"] for r in rows], marker="o", label=REGIME_LABELS[regime])
+    left.set(title="Average GLUE dev score vs. sparsity", xlabel="Sparsity of the pruned weights (%)", ylabel="Average dev score (0-100)")
+    right.set(title="Average training loss vs. sparsity", xlabel="Sparsity of the pruned weights (%)",
+              ylabel="Loss over the whole training set (nats)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure_2(data: dict, path: Path) -> dict:
+    """Pre-training loss vs information-deletion dev score per task, with least-squares lines and slopes.
+
+    Returns:
+        Task -> slope (dev score points per nat of pre-training loss), ``None`` with fewer than two points.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    rows = [r for r in data["rows"] if r["regime"] == "information_deletion" and r["pretrain_loss"] is not None]
+    slopes = {}
+    for task in data["tasks"]:
+        points = [(r["pretrain_loss"], r["cells"][task]["score"]) for r in rows if r["cells"][task]]
+        if not points:
+            slopes[task] = None
+            continue
+        xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+        dots = ax.scatter(xs, ys, label=task.upper())
+        if len(points) >= 2 and np.ptp(xs) > 0:
+            slope, intercept = np.polyfit(xs, ys, 1)
+            slopes[task] = float(slope)
+            grid = np.linspace(xs.min(), xs.max(), 20)
+            ax.plot(grid, slope * grid + intercept, color=dots.get_facecolor()[0], label=f"{task.upper()} fit: slope {slope:.1f}")
+        else:
+            slopes[task] = None
+    ax.set(title="Pre-training loss vs. information-deletion dev score", xlabel="MLM dev loss after pruning (nats)",
+           ylabel="Dev score (0-100)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return slopes
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("the report's figures need matplotlib: pip install 'prunelab[plots]'") from None
+    return plt
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def write_report(root: str | Path) -> Path:
+    """Write ``<root>/report/``: table1.{md,csv,tex}, figure1.png, figure2.png, report.md. Returns the folder."""
+    root = Path(root)
+    data = collect(root)
+    out = root / "report"
+    out.mkdir(exist_ok=True)
+    for name, text in (("table1.md", table_markdown(data)), ("table1.csv", table_csv(data)), ("table1.tex", table_latex(data))):
+        _write(out / name, text)
+    figure_1(data, out / "figure1.png")
+    slopes = figure_2(data, out / "figure2.png")
+    _write(out / "report.md", _report_md(data, slopes))
+    return out
+
+
+def _report_md(data: dict, slopes: dict) -> str:
+    spec, status = data["spec"], data["status"]
+    missing = sum(1 for r in data["rows"] for c in r["cells"].values() if c is None)
+    f, p = spec.finetune, spec.pretrain
+    lines = [
+        f"# Study {spec.name}", "",
+        f"Runs: {status['done']} done, {status['failed']} failed, {status['running']} running, {status['pending']} pending, "
+        f"{status['blocked']} blocked, of {status['total']}." + (f" {missing} table cells are missing ({MISSING})." if missing else ""), "",
+        "## Settings", "",
+        f"- Model: `{spec.model}`; prunable weights pruned by {spec.criterion} ({spec.scope} scope); random regime: random scores.",
+        f"- Pre-training: {p.steps} MLM steps (batch {p.batch_size}, {p.max_seq_len} tokens, lr {p.lr:g}), cubic schedule 0 -> s "
+        f"over the first {p.prune_end or p.steps} steps, masks updated every {p.prune_every}; corpus {', '.join(spec.data.corpus)}.",
+        f"- Fine-tuning: tasks {', '.join(t.upper() for t in data['tasks'])}; {f.epochs:g} epochs (pruned after fine-tuning: "
+        f"{f.prune_after_epochs:g} dense + {f.epochs_after_pruning:g} pruned); learning rates {', '.join(f'{lr:g}' for lr in f.lrs)}; "
+        f"seeds {', '.join(map(str, f.seeds))}; batch {f.batch_size}; {f.max_seq_len} tokens"
+        + (f"; {f.max_train_samples} training examples per task" if f.max_train_samples else "") + ".",
+        f"- Sparsities: {', '.join(f'{s:.0%}' for s in spec.sparsities)}.", "",
+        "## What was measured", "",
+        "- Each cell: the best dev score over learning rates (0-100, the mean of the task's official metrics), and in brackets the "
+        "loss over the whole training set after fine-tuning. Pre-train loss: MLM dev loss of the starting model after pruning.",
+        "", "## Table 1", "", "Also as [CSV](table1.csv) and [LaTeX](table1.tex).", "", table_markdown(data),
+        "## Figure 1: average dev score and training loss vs. sparsity", "", "![Figure 1](figure1.png)", "",
+        "## Figure 2: how much is a bit of BERT worth to each task", "", "![Figure 2](figure2.png)", "",
+        "Least-squares slope of dev score against pre-training loss (information deletion):", "",
+    ]
+    lines += [f"- {task.upper()}: {MISSING if s is None else f'{s:.1f} points per nat'}" for task, s in slopes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
