@@ -136,10 +136,12 @@ def test_similarity_and_sensitivity(bert_dir, tmp_path, text_file):
     assert_png(out / "similarity.png")
 
     out = tmp_path / "sens"
-    assert analyze("sensitivity", bert_dir, "--sparsity", 0.5, "--by", "kind", "--out", out) == 0  # packaged sample
+    assert analyze("sensitivity", bert_dir, "--sparsity", 0.5, "--by", "kind", "--max-texts", 24, "--out", out) == 0
     rows = read_csv(out / "sensitivity.csv")
     assert [r["group"] for r in rows][-1] == "all" and "ffn_out" in {r["group"] for r in rows}
-    assert read_json(out / "sensitivity.json")["result"]["metric"] == "mlm_loss"
+    sensitivity = read_json(out / "sensitivity.json")
+    assert sensitivity["result"]["metric"] == "mlm_loss" and sensitivity["inputs"]["text"] == "packaged sample"
+    assert sensitivity["inputs"]["texts"] == 24
     assert_png(out / "sensitivity.png")
 
 
