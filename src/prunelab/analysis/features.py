@@ -116,10 +116,10 @@ def similarity_curves(reference: nn.Module, batches: list[dict], *, sparsities=(
         work = copy.deepcopy(reference).to(device).eval()
         for s in sparsities:
             masks = compute_masks(weights, parse_sparsity(s), criterion="magnitude", scope=scope)
+            label = f"one-shot {100 * s:g}%"
             with pruned(work, masks, targets):
-                result = layer_similarity(work, reference, batches, device=device, progress=progress,
-                                          desc=f"one-shot {s:.0%}")
-            curves.append({"label": f"one-shot {s:.0%}", "sparsity": float(s), "mean": result["mean"], "std": result["std"]})
+                result = layer_similarity(work, reference, batches, device=device, progress=progress, desc=label)
+            curves.append({"label": label, "sparsity": float(s), "mean": result["mean"], "std": result["std"]})
         del work
     return {"layers": list(range(len(curves[0]["mean"]))), "tokens": result["tokens"], "scope": scope, "curves": curves}
 
