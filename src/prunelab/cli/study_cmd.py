@@ -66,9 +66,9 @@ def run_run(args) -> int:
     data_dir = spec.data_dir(args.data)
     if data_dir is not None and not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} not found; pass --data DIR or set PRUNELAB_DATA")
-    if data_dir is None and (spec.data.glue != "hub"):
-        raise ValueError("no data: pass --data DIR (e.g. ../shared/data) or set PRUNELAB_DATA, or use glue = \"hub\" "
-                         "and a hub corpus with network access")
+    if data_dir is None and not _hub_reachable():
+        raise ValueError("no data reachable: no --data DIR or PRUNELAB_DATA was given and the Hugging Face hub cannot be "
+                         "reached; pass --data DIR holding glue/ (download_glue_data.py layout) and wikitext-2/")
     counts = run_study(spec, args.out, data_dir=data_dir, executor=args.executor, jobs=args.jobs,
                        retry_failed=args.retry_failed, address=args.address)
     print(_counts(counts))
@@ -108,6 +108,16 @@ def run_exec(args) -> int:
     from ..study.runner import execute_claimed
 
     return 0 if execute_claimed(args.dir, args.run_id) == "done" else 1
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _counts(c: dict) -> str:

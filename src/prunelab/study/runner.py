@@ -145,6 +145,7 @@ def execute_claimed(root: str | os.PathLike, run_id: str) -> str:
     run = {r.id: r for r in expand(spec)}[run_id]
     d = run_dir(root, run_id)
     _hand_claim_to_me(d)
+    _quiet()
     with open(d / "attempts.log", "a") as log:  # one line per execution: a record of who ran it, and when
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}\n")
     try:
@@ -159,23 +160,26 @@ def execute_claimed(root: str | os.PathLike, run_id: str) -> str:
         (d / "claim.json").unlink(missing_ok=True)
 
 
-def _need_data(data_dir: Path | None, what: str) -> Path:
-    if data_dir is None:
-        raise ValueError(f"{what} needs data: pass --data DIR or set PRUNELAB_DATA (e.g. ../shared/data)")
-    return data_dir
+def _quiet() -> None:
+    """Runs inside a study report through the study's progress bar and their files, not the console."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _pretrain(spec: StudySpec, data_dir: Path | None, run: Run, work: Path) -> dict:
     from ..training.pretrain import PretrainConfig, pretrain
 
-    root = _need_data(data_dir, "pre-training")
     p = spec.pretrain
+    text = (dict(corpus=[str(data_dir / c) for c in spec.data.corpus], dev_file=[str(data_dir / c) for c in spec.data.dev_corpus])
+            if data_dir else dict(corpus=[], dataset=spec.data.hub_corpus))  # no data directory: the hub
     cfg = PretrainConfig(
-        model=spec.model, corpus=[str(root / c) for c in spec.data.corpus], dev_file=[str(root / c) for c in spec.data.dev_corpus],
+        model=spec.model, **text,
         out=str(work), sparsity=run.params["sparsity"], criterion=run.params["criterion"], scope=spec.scope,
         steps=p.steps, prune_end=min(p.prune_end or p.steps, p.steps), prune_every=p.prune_every, batch_size=p.batch_size,
         max_seq_len=p.max_seq_len, lr=p.lr, head_warmup_steps=p.head_warmup_steps, max_train_lines=p.max_train_lines,
-        max_dev_blocks=p.max_dev_blocks, save_steps=max(p.steps, 1), logging_steps=max(1, p.steps // 10),
+        max_dev_blocks=p.max_dev_blocks, save_steps=max(p.steps, 1), logging_steps=max(1, p.steps // 10), progress=False,
     )
     m = pretrain(cfg, overwrite=True)
     return {"model": str(work / "model"), "dev_loss_before": m["dev_loss_before"], "dev_loss_after": m["dev_loss_after"],
@@ -186,7 +190,7 @@ def _finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work
     from ..training.finetune import FinetuneConfig, finetune
 
     source = json.loads((run_dir(root, run.params["source"]) / "result.json").read_text())
-    glue = None if spec.data.glue == "hub" else str(_need_data(data_dir, "GLUE") / spec.data.glue)
+    glue = None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
     f, regime = spec.finetune, run.params["regime"]
     after = regime == "pruned_after_finetuning"
     cfg = FinetuneConfig(
@@ -195,7 +199,7 @@ def _finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work
         epochs=f.epochs_after_pruning if after else f.epochs, prune_after_epochs=f.prune_after_epochs if after else None,
         sparsity=run.params["sparsity"] if after else None, criterion=spec.criterion, scope=spec.scope,
         batch_size=f.batch_size, max_seq_len=f.max_seq_len, max_train_samples=f.max_train_samples,
-        logging_steps=10_000,
+        logging_steps=10_000, progress=False,
     )
     m = finetune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],

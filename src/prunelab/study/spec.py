@@ -32,6 +32,7 @@ class DataSpec:
     corpus: list[str] = field(default_factory=lambda: ["wikitext-2/train.txt"])
     dev_corpus: list[str] = field(default_factory=lambda: ["wikitext-2/valid.txt"])
     glue: str = "glue"
+    hub_corpus: str = "Salesforce/wikitext:wikitext-2-raw-v1"  # used when no data directory is given
 
 
 @dataclass

@@ -65,6 +65,7 @@ class FinetuneConfig:
     bf16: bool = False
     report_to: str = "none"
     logging_steps: int = 50
+    progress: bool = True  # the Trainer's progress bars
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -168,7 +169,7 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
     total_epochs = cfg.epochs + (cfg.prune_after_epochs or 0.0)
     args = training_arguments(
         run_dir / "checkpoints", seed=cfg.seed, learning_rate=lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        fp16=cfg.fp16, bf16=cfg.bf16, report_to=cfg.report_to, logging_steps=cfg.logging_steps,
+        fp16=cfg.fp16, bf16=cfg.bf16, report_to=cfg.report_to, logging_steps=cfg.logging_steps, disable_tqdm=not cfg.progress,
         num_train_epochs=total_epochs, warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio (transformers 5)
         weight_decay=cfg.weight_decay,
         save_strategy="epoch", eval_strategy="no",

@@ -73,6 +73,7 @@ class PretrainConfig:
     report_to: str = "none"
     logging_steps: int = 50
     save_steps: int = 500
+    progress: bool = True  # the Trainer's progress bars
 
     def __post_init__(self) -> None:
         if not self.corpus and not self.dataset:
@@ -160,7 +161,7 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
                       "initialised head is trained from scratch" + ("" if cfg.head_warmup_steps else
                       "; consider --head-warmup-steps to warm it up with the encoder frozen first"), stacklevel=2)
     common = dict(seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, fp16=cfg.fp16, bf16=cfg.bf16,
-                  report_to=cfg.report_to, logging_steps=cfg.logging_steps)
+                  report_to=cfg.report_to, logging_steps=cfg.logging_steps, disable_tqdm=not cfg.progress)
     checkpoints = out / "checkpoints"
     resuming = last_checkpoint(checkpoints)
     head_loss = None
