@@ -86,13 +86,14 @@ def test_model_without_mlm_head_warns_and_warms_the_head_up(tmp_path):
 def test_head_warm_up_leaves_the_encoder_untouched(tmp_path):
     from prunelab.artifact import load_model
     from prunelab.corpus import read_corpus, to_blocks
-    from prunelab.training.pretrain import _Blocks, _collate
+    from prunelab.training.pretrain import _collate
+    from prunelab.training.run import ListDataset
     from transformers import DataCollatorForLanguageModeling
 
     model_dir = save_tiny(tmp_path / "bare", head="base")
     cfg = pretrain_cfg(tmp_path, model_dir, head_warmup_steps=4)
     model, tokenizer = load_model(str(model_dir), model_class=AutoModelForMaskedLM)
-    train = _Blocks([{"input_ids": b} for b in to_blocks(read_corpus(cfg.corpus), tokenizer, 16)])
+    train = ListDataset([{"input_ids": b} for b in to_blocks(read_corpus(cfg.corpus), tokenizer, 16)])
     encoder = {n: p.clone() for n, p in model.bert.named_parameters()}
     head = {n: p.clone() for n, p in model.cls.named_parameters()}
     with warnings.catch_warnings():

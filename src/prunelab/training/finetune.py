@@ -31,7 +31,7 @@ from ..glue import Task, compute_metrics, get_task, load_task
 from ..pruner import Pruner
 from ..scores import CRITERIA
 from ..select import SCOPES
-from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, held_masks_config, last_checkpoint,
+from .run import (ListDataset, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, held_masks_config, last_checkpoint,
                   is_main_process, mask_selection, prepare_run_dir, save_run_config, saved_masks, training_arguments, write_json)
 
 logger = logging.getLogger(__name__)
@@ -88,24 +88,13 @@ class FinetuneConfig:
             PruningConfig(criterion=self.criterion, scope=self.scope)
 
 
-class _Encoded(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
-
-
-def encode(examples, tokenizer, max_seq_len: int, regression: bool) -> _Encoded:
+def encode(examples, tokenizer, max_seq_len: int, regression: bool) -> ListDataset:
     """Tokenize (text_a, text_b, label) examples once, truncated to `max_seq_len`; padding is per batch."""
     a = [e[0] for e in examples]
     b = [e[1] for e in examples] if examples[0][1] is not None else None
     enc = tokenizer(a, b, truncation=True, max_length=max_seq_len)
     labels = [float(e[2]) if regression else int(e[2]) for e in examples]
-    return _Encoded([{**{k: v[i] for k, v in enc.items()}, "labels": labels[i]} for i in range(len(examples))])
+    return ListDataset([{**{k: v[i] for k, v in enc.items()}, "labels": labels[i]} for i in range(len(examples))])
 
 
 def _subsample(examples: list, n: int | None, seed: int) -> list:

@@ -28,7 +28,7 @@ from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
 from ..corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
 from ..pruner import Pruner
-from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint, prepare_run_dir,
+from .run import (ListDataset, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint, prepare_run_dir,
                   save_run_config, training_arguments, write_json)
 
 logger = logging.getLogger(__name__)
@@ -96,22 +96,11 @@ class PretrainConfig:
                              seed=self.seed, mode="enforced")
 
 
-class _Blocks(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
-
-
-def _mask_once(blocks: list[list[int]], tokenizer, probability: float, seed: int) -> _Blocks:
+def _mask_once(blocks: list[list[int]], tokenizer, probability: float, seed: int) -> ListDataset:
     """Apply MLM masking to the dev blocks once, seeded: every later dev loss sees the same masks."""
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability, seed=seed, return_tensors="pt")
     batch = collator([{"input_ids": b} for b in blocks])
-    return _Blocks([{k: v[i] for k, v in batch.items()} for i in range(len(blocks))])
+    return ListDataset([{k: v[i] for k, v in batch.items()} for i in range(len(blocks))])
 
 
 def _collate(dynamic: DataCollatorForLanguageModeling):
@@ -147,7 +136,7 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
         _, tokenizer = load_model(cfg.tokenizer)
     if tokenizer is None:
         raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
-    train = _Blocks([{"input_ids": b} for b in to_blocks(train_lines, tokenizer, cfg.max_seq_len)])
+    train = ListDataset([{"input_ids": b} for b in to_blocks(train_lines, tokenizer, cfg.max_seq_len)])
     dev = _mask_once(to_blocks(dev_lines, tokenizer, cfg.max_seq_len)[: cfg.max_dev_blocks], tokenizer, cfg.mlm_probability, cfg.seed)
     if len(train) == 0 or len(dev) == 0:
         raise ValueError(f"the corpus gives {len(train)} training and {len(dev)} dev blocks of {cfg.max_seq_len} tokens; provide more text")

@@ -31,6 +31,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+class ListDataset(torch.utils.data.Dataset):
+    """Examples already tokenized into a list of dicts (GLUE rows, MLM blocks)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
 def prepare_run_dir(out: str | os.PathLike, *, overwrite: bool, resume: bool) -> Path:
     """Create the run directory (main process); an existing non-empty one needs `resume` or `overwrite`."""
     out = Path(out)
