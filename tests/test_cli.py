@@ -131,3 +131,11 @@ def test_console_script_runs_as_a_process(bert_dir, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("prunelab prune: error: sparsity 2.0 is outside")
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_without_tokenizer_files_has_no_tokenizer(tmp_path):
+    from conftest import tiny_model
+
+    tiny_model("bert").save_pretrained(tmp_path / "bare")
+    model, tokenizer = artifact.load_model(str(tmp_path / "bare"))
+    assert tokenizer is None and model.config.model_type == "bert"

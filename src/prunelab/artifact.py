@@ -88,8 +88,12 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception:  # a model without tokenizer files is still prunable
-        logger.info("no tokenizer found for %s", model)
         tokenizer = None
+    # transformers 5 builds a tokenizer of only the special tokens for a directory without tokenizer files
+    if tokenizer is not None and len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        tokenizer = None
+    if tokenizer is None:
+        logger.info("no tokenizer found for %s", model)
     return loaded, tokenizer
 
 

@@ -31,7 +31,7 @@ from ..glue import Task, compute_metrics, get_task, load_task
 from ..pruner import Pruner
 from ..scores import CRITERIA
 from ..select import SCOPES
-from .run import (ListDataset, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, held_masks_config, last_checkpoint,
+from .run import (ListDataset, quiet, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, held_masks_config, last_checkpoint,
                   is_main_process, mask_selection, prepare_run_dir, save_run_config, saved_masks, training_arguments, write_json)
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
     )
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids))
+    if not cfg.progress:
+        quiet(trainer)
     if pruner is not None:
         attach_pruner(trainer, pruner)
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))

@@ -28,7 +28,7 @@ from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
 from ..corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
 from ..pruner import Pruner
-from .run import (ListDataset, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint, prepare_run_dir,
+from .run import (ListDataset, quiet, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint, prepare_run_dir,
                   save_run_config, training_arguments, write_json)
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,8 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     args = training_arguments(checkpoints, learning_rate=cfg.lr, max_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
                               weight_decay=cfg.weight_decay, save_strategy="steps", save_steps=cfg.save_steps, **common)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=collate)
+    if not cfg.progress:
+        quiet(trainer)
     before_path = out / "dev_loss_before.json"  # measured once; a resumed run reads it back
     if resuming and before_path.is_file():
         dev_loss_before = json.loads(before_path.read_text())["dev_loss_before"]
@@ -197,7 +199,8 @@ def _warm_up_head(model, train, collate, out: Path, cfg: PretrainConfig, common:
         p.requires_grad_(False)
     try:
         args = training_arguments(out, learning_rate=cfg.lr * 10, max_steps=cfg.head_warmup_steps, save_strategy="no", **common)
-        result = Trainer(model=model, args=args, train_dataset=train, data_collator=collate).train()
+        trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate)
+        result = (trainer if cfg.progress else quiet(trainer)).train()
     finally:
         for p in frozen:
             p.requires_grad_(True)

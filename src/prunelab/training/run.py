@@ -110,6 +110,15 @@ def attach_pruner(trainer: Trainer, pruner: Pruner) -> PruningCallback:
     return callback
 
 
+def quiet(trainer: Trainer) -> Trainer:
+    """No console output from `trainer` (its logs still reach log_history and train.log)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
 def last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
