@@ -15,7 +15,7 @@ def register(sub) -> None:
     plan.add_argument("--json", action="store_true", help="print every run as JSON")
     plan.set_defaults(run=run_plan)
 
-    go = s.add_parser("run", help="run (or resume) a study; finished runs are never redone")
+    go = s.add_parser("run", help="run (or resume) a study; finished runs are never redone; exit code 1 if runs failed")
     go.add_argument("spec", help="study TOML file")
     go.add_argument("--out", required=True, help="study directory")
     go.add_argument("--data", help="data root (GLUE and corpus paths in the spec are relative to it); default $PRUNELAB_DATA")
@@ -76,7 +76,7 @@ def run_run(args) -> int:
         print(f"  failed {run_id}: {error.splitlines()[0]}")
     if not args.no_report:
         print(f"report: {write_report(args.out) / 'report.md'}")
-    return 0
+    return 1 if counts["failed"] else 0  # failures are recorded, not fatal; the exit code still tells scripts
 
 
 def run_status(args) -> int:

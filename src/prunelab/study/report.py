@@ -132,7 +132,8 @@ def figure_1(data: dict, path: Path) -> None:
               ylabel="Loss over the whole training set (nats)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -166,7 +167,10 @@ def figure_2(data: dict, path: Path) -> dict:
     ax.set(title="Pre-training loss vs. information-deletion dev score", xlabel="MLM dev loss after pruning (nats)",
            ylabel="Dev score (0-100)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished information-deletion runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
