@@ -230,7 +230,14 @@ def run_study(spec: StudySpec, root: str | os.PathLike, *, data_dir: Path | None
                 bar.n = sum(s == "done" for s in states.values())
                 bar.refresh()
             ready = [r for r in runs if states[r.id] == "pending" and all(states[d] == "done" for d in r.depends_on)]
-            started = [r for r in ready if launcher.has_room() and claim(root, r.id) and launcher.start(root, r)]
+            started = []
+            for r in ready:
+                if not launcher.has_room():
+                    break
+                if claim(root, r.id) and launcher.start(root, r):
+                    started.append(r)
+                    if launcher.synchronous:
+                        break  # ran in this process: refresh the states (and the bar) before the next one
             if not started and not launcher.busy():
                 if not any(states[r.id] == "running" for r in runs):
                     break  # nothing left that can make progress
@@ -270,6 +277,7 @@ class _LocalPool:
 
     def __init__(self, jobs: int):
         self.jobs, self.procs = jobs, []
+        self.synchronous = jobs == 1
 
     def has_room(self) -> bool:
         return len(self.procs) < self.jobs
@@ -300,6 +308,7 @@ class _RayPool:
 
     def __init__(self, address: str | None, resources: Resources):
         self.address, self.resources, self.pending, self.ray = address, resources, [], None
+        self.synchronous = False
 
     def _ray(self):
         if self.ray is None:
