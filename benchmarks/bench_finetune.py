@@ -5,7 +5,7 @@ Both runs train the same pruned weights on the same SST-2 subsample with the sam
 only difference is prunelab's callback holding the masks (gradient hooks + re-zeroing every step).
 Data: $PRUNELAB_DATA or ../shared/data (GLUE SST-2). Prints one line per figure, ending with the ratio.
 
-    python benchmarks/bench_finetune.py [--rounds 3] [--steps 40]
+    python benchmarks/bench_finetune.py [--rounds 3] [--steps 100]
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from prunelab import PruningConfig
 from prunelab.artifact import load_model, prune
 from prunelab.glue import get_task, read_split
 from prunelab.training.finetune import FinetuneConfig, _pruner_for, encode
-from prunelab.training.run import attach_pruner, training_arguments
+from prunelab.training.run import attach_pruner, quiet, training_arguments
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--data", default=os.environ.get("PRUNELAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -49,7 +49,7 @@ def main() -> None:
         model, _ = load_model(str(pruned), model_class=AutoModelForSequenceClassification, num_labels=2)
         targs = training_arguments(work / "ckpt", seed=0, learning_rate=3e-5, batch_size=args.batch, max_steps=args.steps,
                                    save_strategy="no", logging_steps=10_000, disable_tqdm=True)
-        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+        trainer = quiet(Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer)))
         if with_prunelab:
             cfg = FinetuneConfig(model=str(pruned), task="sst2", out=str(work / "unused"), batch_size=args.batch)
             attach_pruner(trainer, _pruner_for(cfg, model, len(data)))

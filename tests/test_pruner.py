@@ -216,3 +216,15 @@ def test_metrics_are_namespaced():
     figures = pruner.metrics(per_target=True)
     assert figures["pruning/sparsity"] == pytest.approx(0.25, abs=1e-3)
     assert figures["pruning/sparsity/encoder.layer.1.output.dense.weight"] == pytest.approx(0.25, abs=1e-2)
+
+
+def test_loading_a_state_takes_its_target_selection(tmp_path):
+    saved = Pruner(tiny_model("bert"), PruningConfig(sparsity=0.5, include=["ffn_in", "ffn_out"]))
+    saved.step(0)
+    saved.save(tmp_path / "state")
+    model = tiny_model("bert")
+    other = Pruner(model, PruningConfig())  # built for all targets
+    other.load(tmp_path / "state")
+    assert {t.kind for t in other.targets} == {"ffn_in", "ffn_out"} and len(other.masks) == 4
+    assert float((model.encoder.layer[0].intermediate.dense.weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    assert int((model.encoder.layer[0].attention.self.query.weight == 0).sum()) == 0

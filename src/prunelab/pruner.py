@@ -224,6 +224,11 @@ class Pruner:
 
     def load_state_dict(self, state: dict) -> None:
         self.config = PruningConfig.from_dict(state["config"], "pruner state")
+        # the saved config decides which targets exist, whatever this pruner was built with
+        self.targets = resolve_targets(self.model, self.config.include, self.config.exclude, self.config.layers)
+        self.remove_hooks()
+        self.masks, self._factors, self._params = {}, {}, {}
+        self._bind()
         if state["masks"]:
             self.set_masks(state["masks"], sparsity=state["target_sparsity"])
         self.last_update_step = state["last_update_step"]
