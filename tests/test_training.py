@@ -216,8 +216,14 @@ def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, gl
     pruned = tmp_path / "pruned"
     assert main(["prune", str(model), "--sparsity", "0.5", "--out", str(pruned)]) == 0
     out = tmp_path / "ddp"
+    import socket
+
+    with socket.socket() as s:  # a free port: the default 29500 may be taken (e.g. by a Ray instance)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "prunelab", "finetune", str(pruned),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+         "-m", "prunelab", "finetune", str(pruned),
          "--task", "rte", "--data-dir", str(glue_dir), "--lr", "1e-3", "--epochs", "1", "--batch-size", "4",
          "--max-seq-len", "16", "--out", str(out), "--save-model"],
         capture_output=True, text=True, timeout=600)
