@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_masks.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_movement.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
