@@ -136,7 +136,7 @@ def figure_1(data: dict, path: Path) -> None:
             ax.legend(fontsize=8)
     fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -172,7 +172,7 @@ def figure_2(data: dict, path: Path) -> dict:
     else:
         ax.text(0.5, 0.5, "no finished information-deletion runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
     plt.close(fig)
     return slopes
 
@@ -232,6 +232,12 @@ def _report_md(data: dict, slopes: dict) -> str:
     ]
     lines += [f"- {task.upper()}: {MISSING if s is None else f'{s:.1f} points per nat'}" for task, s in slopes.items()]
     return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    tmp.replace(path)
 
 
 def _write(path: Path, text: str) -> None:
