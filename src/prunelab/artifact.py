@@ -108,8 +108,9 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor], info: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a pruned artifact to `out` atomically (see the module docstring for its files)."""
+def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor] | None, info: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a pruned artifact to `out` atomically (see the module docstring for its files); `masks=None`
+    writes none (e.g. a model with layers dropped)."""
     out = check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -118,7 +119,8 @@ def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor], info: dict, 
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_masks(masks, tmp / MASKS_FILE)
+        if masks is not None:
+            save_masks(masks, tmp / MASKS_FILE)
         (tmp / INFO_FILE).write_text(dumps(info))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
