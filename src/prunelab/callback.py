@@ -52,3 +52,26 @@ class PruningCallback(TrainerCallback):
             logs.update(figures)
             if state.log_history:
                 state.log_history[-1].update(figures)
+
+
+class MaskLearnerCallback(TrainerCallback):
+    """Drive an ``adapt.MaskLearner`` from a ``transformers.Trainer``.
+
+    * ``on_step_end``: ``learner.update(global_step)`` (the target of the step; the penalty's direction).
+    * ``on_log``: add ``adapt/sparsity``, ``adapt/target_sparsity`` and ``adapt/penalty_direction`` to the logs.
+
+    The penalty itself is part of the loss (``learner.penalty()``), added by the training loop.
+    """
+
+    def __init__(self, learner):
+        self.learner = learner
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.learner.update(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            figures = self.learner.metrics()
+            logs.update(figures)
+            if state.log_history:
+                state.log_history[-1].update(figures)
