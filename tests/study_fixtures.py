@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
+import transformers
 from glue_fixtures import save_tiny, write_corpus, write_glue
 
 SPEC = """
@@ -38,14 +41,27 @@ epochs_after_pruning = 1
 """
 
 
-def make_study(tmp: Path, extra: str = "") -> Path:
-    """Write model, data and spec under `tmp`; return the spec path."""
+def make_study(tmp: Path, extra: str = "", *, regimes: list[str] | None = None, layers: int | None = None) -> Path:
+    """Write model, data and spec under `tmp`; return the spec path.
+
+    `extra` is appended to the spec (e.g. a ``[layer_drop]`` table); `regimes` replaces the four regimes;
+    `layers` gives the tiny BERT that many layers instead of 2.
+    """
     model = save_tiny(tmp / "model")
+    if layers is not None:
+        config = transformers.AutoConfig.from_pretrained(model)
+        config.num_hidden_layers = layers
+        torch.manual_seed(0)
+        transformers.BertForMaskedLM(config).save_pretrained(model)
     data = tmp / "data"
     write_glue(data / "glue")
     (data / "text").mkdir(parents=True)
     write_corpus(data / "text" / "train.txt", lines=120)
     write_corpus(data / "text" / "valid.txt", lines=40, seed=1)
     spec = tmp / "tiny.toml"
-    spec.write_text(SPEC.format(model=model, data=data) + extra)
+    text = SPEC.format(model=model, data=data)
+    if regimes is not None:
+        text = text.replace('regimes = ["pruned", "information_deletion", "pruned_after_finetuning", "random"]',
+                            f"regimes = {json.dumps(regimes)}")
+    spec.write_text(text + extra)
     return spec

@@ -110,24 +110,24 @@ def test_finished_runs_are_never_redone(reference, capsys):
 
 
 def test_failed_runs_are_recorded_the_report_marks_them_and_retry_reruns(tmp_path, monkeypatch, reference):
-    from prunelab.study import runner
+    from prunelab.study import execute
 
     spec_path = make_study(tmp_path)
-    real = runner._finetune
+    real = execute.KINDS["finetune"]
 
     def flaky(spec, data_dir, root, run, work):
         if run.params["regime"] == "random":
             raise RuntimeError("out of memory (simulated)")
         return real(spec, data_dir, root, run, work)
 
-    monkeypatch.setattr(runner, "_finetune", flaky)
+    monkeypatch.setitem(execute.KINDS, "finetune", flaky)
     counts = run_study(load_spec(spec_path), tmp_path / "out", data_dir=None, progress=False)
     assert counts["failed"] == 1 and counts["done"] == 7
     assert "RuntimeError: out of memory (simulated)" in counts["failures"]["finetune-random-s0.50-rte-lr0.001-seed0"]
     assert main(["study", "report", str(tmp_path / "out")]) == 0
     random_row = [r for r in table(tmp_path / "out") if r["regime"] == "random" and r["sparsity"] == "0.5"][0]
     assert random_row["rte_score"] == "" and "— | — |" in (tmp_path / "out" / "report" / "table1.md").read_text()
-    monkeypatch.setattr(runner, "_finetune", real)
+    monkeypatch.setitem(execute.KINDS, "finetune", real)
     assert run_study(load_spec(spec_path), tmp_path / "out", progress=False)["failed"] == 1  # not retried by default
     assert run_study(load_spec(spec_path), tmp_path / "out", retry_failed=True, progress=False)["done"] == 8
     assert main(["study", "report", str(tmp_path / "out")]) == 0

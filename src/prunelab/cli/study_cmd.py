@@ -31,7 +31,8 @@ def register(sub) -> None:
     status.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until nothing is running")
     status.set_defaults(run=run_status)
 
-    report = s.add_parser("report", help="write DIR/report: Table 1 (md, csv, tex), Figures 1 and 2, report.md")
+    report = s.add_parser("report", help="write DIR/report: Table 1 (md, csv, tex), Figures 1 and 2, the layer-drop table "
+                                         "and figure (when the study has that regime), report.md")
     report.add_argument("dir", help="study directory")
     report.set_defaults(run=run_report)
 
@@ -42,7 +43,7 @@ def register(sub) -> None:
 
 
 def run_plan(args) -> int:
-    from ..study.plan import describe, expand
+    from ..study.plan import KINDS, describe, expand
     from ..study.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -50,7 +51,8 @@ def run_plan(args) -> int:
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0
-    print(f"study {spec.name}: {plan['runs']} runs ({plan['pretrain']} pre-training, {plan['finetune']} fine-tuning)")
+    kinds = ", ".join(f"{plan[kind]} {label}" for kind, label in KINDS.items() if plan[kind])
+    print(f"study {spec.name}: {plan['runs']} runs ({kinds})")
     for item in plan["items"]:
         after = f"  <- {', '.join(item['depends_on'])}" if item["depends_on"] else f"  (used by {item['used_by']} runs)"
         print(f"  {item['id']}{after}")

@@ -7,14 +7,27 @@ Fine-tuning runs, per task x sparsity x learning rate x seed:
     pruned_after_finetuning   the dense pre-trained model, fine-tuned, pruned to s, fine-tuned on (masks held)
     random                    the randomly pruned pre-trained model, masks held
 At sparsity 0 every regime is the same dense run, so it is planned once (regime ``dense``).
+Regimes that do not vary sparsity are planned once, after those that do:
+    layer_drop                per [layer_drop] strategy x count, one ``droplayers`` run that drops that many
+                              layers from the dense pre-trained model (Sajjad et al. 2020 drop them from the
+                              pre-trained model), fine-tuned per task x learning rate x seed like the dense
+                              model; the dense fine-tuning runs are planned too, as its 0-layers reference.
+
+A new regime is one planner function and one line in ``REGIMES``; a new kind of run is one line in ``KINDS``
+here and one executor in ``execute.KINDS``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..glue import get_task
+from .spec import REGIMES as REGIME_NAMES
 from .spec import StudySpec
+
+# kind -> what ``prunelab study plan`` calls it; runs are listed (and started, when ready) in this order.
+KINDS = {"pretrain": "pre-training", "droplayers": "layer dropping", "finetune": "fine-tuning"}
 
 
 @dataclass(frozen=True)
@@ -22,7 +35,7 @@ class Run:
     """One unit of work. `params` hold everything the executor needs besides the spec."""
 
     id: str
-    kind: str  # "pretrain" or "finetune"
+    kind: str  # a key of KINDS
     params: dict = field(hash=False, compare=False)
     depends_on: tuple[str, ...] = ()
 
@@ -35,45 +48,111 @@ def pretrain_id(sparsity: float, criterion: str) -> str:
     return f"pretrain-{_s(0.0)}" if sparsity == 0 else f"pretrain-{criterion}-{_s(sparsity)}"
 
 
-def expand(spec: StudySpec) -> list[Run]:
-    """All runs of `spec`, pre-training first, in a stable order."""
-    pretrains: dict[str, Run] = {}
-    finetunes: dict[str, Run] = {}
+def droplayers_id(strategy: str, count: int) -> str:
+    return f"droplayers-{strategy}-k{count}"
 
-    def need_pretrain(sparsity: float, criterion: str) -> str:
-        run_id = pretrain_id(sparsity, criterion)
-        pretrains.setdefault(run_id, Run(run_id, "pretrain", {"sparsity": sparsity, "criterion": criterion}))
+
+def variant(regime: str, sparsity: float | None = None, strategy: str | None = None, count: int | None = None) -> str:
+    """The part of a fine-tuning run id that names its starting model: ``pruned-s0.50``, ``layer_drop-top-k2``."""
+    if regime == "layer_drop":
+        return f"layer_drop-{strategy}-k{count}"
+    return f"{'dense' if sparsity == 0 else regime}-{_s(sparsity)}"
+
+
+def finetune_id(variant_name: str, task: str, lr: float, seed: int) -> str:
+    return f"finetune-{variant_name}-{task}-lr{lr:g}-seed{seed}"
+
+
+class _Plan:
+    """The runs planned so far; a run planned twice (the shared dense runs) is kept once, as first planned."""
+
+    def __init__(self, spec: StudySpec):
+        self.spec, self.runs = spec, {}
+
+    def add(self, run_id: str, kind: str, params: dict, depends_on: tuple[str, ...] = ()) -> str:
+        self.runs.setdefault(run_id, Run(run_id, kind, params, depends_on))
         return run_id
 
+    def pretrain(self, sparsity: float, criterion: str) -> str:
+        return self.add(pretrain_id(sparsity, criterion), "pretrain", {"sparsity": sparsity, "criterion": criterion})
+
+    def finetunes(self, variant_name: str, params: dict, source: str) -> None:
+        """Fine-tuning runs of the model made by run `source`, per task x learning rate x seed."""
+        for task in self.spec.finetune.tasks:
+            short = get_task(task).name
+            for lr in self.spec.finetune.lrs:
+                for seed in self.spec.finetune.seeds:
+                    self.add(finetune_id(variant_name, short, lr, seed), "finetune",
+                             {**params, "task": short, "lr": lr, "seed": seed, "source": source}, (source,))
+
+
+# -- regimes ------------------------------------------------------------------------------------------
+
+
+def _plan_pruning(plan: _Plan, regime: str, sparsity: float) -> None:
+    spec = plan.spec
+    if regime == "pruned_after_finetuning" and sparsity > 0:
+        source, criterion = plan.pretrain(0.0, spec.criterion), spec.criterion
+    else:
+        criterion = "random" if regime == "random" else spec.criterion
+        source = plan.pretrain(sparsity, criterion)
+    name = "dense" if sparsity == 0 else regime
+    plan.finetunes(variant(regime, sparsity), {"regime": name, "sparsity": sparsity, "criterion": criterion}, source)
+
+
+def _plan_layer_drop(plan: _Plan, regime: str, sparsity: None) -> None:
+    spec = plan.spec
+    dense = plan.pretrain(0.0, spec.criterion)
+    plan.finetunes(variant("dense", 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": spec.criterion}, dense)
+    for strategy in spec.layer_drop.strategies:
+        for count in spec.layer_drop.counts:
+            params = {"regime": regime, "strategy": strategy, "count": count}
+            dropped = plan.add(droplayers_id(strategy, count), "droplayers", {**params, "source": dense}, (dense,))
+            plan.finetunes(variant(regime, strategy=strategy, count=count), params, dropped)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How a regime is planned: ``plan(plan, regime, sparsity)`` adds its runs, once per sparsity of the
+    spec when `per_sparsity`, else once (with sparsity ``None``)."""
+
+    plan: Callable[[_Plan, str, float | None], None]
+    per_sparsity: bool = True
+
+
+REGIMES = {
+    "pruned": Regime(_plan_pruning),
+    "information_deletion": Regime(_plan_pruning),
+    "pruned_after_finetuning": Regime(_plan_pruning),
+    "random": Regime(_plan_pruning),
+    "layer_drop": Regime(_plan_layer_drop, per_sparsity=False),
+}
+assert set(REGIMES) == set(REGIME_NAMES), "spec.REGIMES and plan.REGIMES name the same regimes"
+
+
+def expand(spec: StudySpec) -> list[Run]:
+    """All runs of `spec` in a stable order: by kind (``KINDS``), then as planned."""
+    plan = _Plan(spec)
     for sparsity in spec.sparsities:
         for regime in spec.regimes:
-            regime_name = "dense" if sparsity == 0 else regime
-            if regime == "pruned_after_finetuning" and sparsity > 0:
-                source, criterion = need_pretrain(0.0, spec.criterion), spec.criterion
-            else:
-                criterion = "random" if regime == "random" else spec.criterion
-                source = need_pretrain(sparsity, criterion)
-            for task in spec.finetune.tasks:
-                short = get_task(task).name
-                for lr in spec.finetune.lrs:
-                    for seed in spec.finetune.seeds:
-                        run_id = f"finetune-{regime_name}-{_s(sparsity)}-{short}-lr{lr:g}-seed{seed}"
-                        params = {"regime": regime_name, "sparsity": sparsity, "task": short, "lr": lr, "seed": seed,
-                                  "criterion": criterion, "source": source}
-                        finetunes.setdefault(run_id, Run(run_id, "finetune", params, (source,)))
-    return [*pretrains.values(), *finetunes.values()]
+            if REGIMES[regime].per_sparsity:
+                REGIMES[regime].plan(plan, regime, sparsity)
+    for regime in spec.regimes:
+        if not REGIMES[regime].per_sparsity:
+            REGIMES[regime].plan(plan, regime, None)
+    order = list(KINDS)
+    return sorted(plan.runs.values(), key=lambda r: order.index(r.kind))
 
 
 def describe(runs: list[Run]) -> dict:
-    """Counts and the dependency list, for ``prunelab study plan``."""
+    """Counts (all, per kind) and the dependency list, for ``prunelab study plan``."""
     users: dict[str, int] = {}
     for run in runs:
         for dep in run.depends_on:
             users[dep] = users.get(dep, 0) + 1
     return {
         "runs": len(runs),
-        "pretrain": sum(r.kind == "pretrain" for r in runs),
-        "finetune": sum(r.kind == "finetune" for r in runs),
+        **{kind: sum(r.kind == kind for r in runs) for kind in KINDS},
         "items": [{"id": r.id, "kind": r.kind, "depends_on": list(r.depends_on), "used_by": users.get(r.id, 0), **r.params}
                   for r in runs],
     }

@@ -7,7 +7,8 @@ A study directory holds ``study.json`` (the resolved spec) and ``runs/<id>/`` pe
                   never run the same run; a claim whose process is gone (same host) is stale and retaken
     work/         the run's own directory (checkpoints, logs, the pre-trained model dependents read)
 An interrupted run restarts from scratch in a clean ``work/``, so a study killed at any moment (even
-``kill -9``) and run again finishes with the same results as an uninterrupted one.
+``kill -9``) and run again finishes with the same results as an uninterrupted one. What each kind of run
+does is in ``execute.py``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pathlib import Path
 
 from ..config import dumps, from_dict
 from ..training.run import write_json
+from . import execute
 from .plan import Run, expand
-from .spec import DataSpec, FinetuneSpec, PretrainSpec, Resources, StudySpec, spec_dict
+from .spec import SECTIONS, Resources, StudySpec, spec_dict
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,9 @@ def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | No
     record = {"spec": spec_dict(spec), "data_dir": str(data_dir) if data_dir else None}
     path = root / STUDY_FILE
     if path.is_file():
-        existing = json.loads(path.read_text())
-        if {**existing["spec"], "source": ""} != {**record["spec"], "source": ""}:
-            raise ValueError(f"{root} holds study {existing['spec']['name']!r} with a different spec; use another --out")
+        existing, _ = open_study(root)  # read as today's spec: a section added since then takes its defaults
+        if {**spec_dict(existing), "source": ""} != {**record["spec"], "source": ""}:
+            raise ValueError(f"{root} holds study {existing.name!r} with a different spec; use another --out")
         return root
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"output directory {root} is not empty and holds no study; choose another --out")
@@ -55,13 +57,13 @@ def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | No
 
 
 def open_study(root: str | os.PathLike) -> tuple[StudySpec, Path | None]:
+    """The spec and data directory recorded in `root`; sections missing from an older study.json take defaults."""
     path = Path(root) / STUDY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a study directory (no {STUDY_FILE}); create it with prunelab study run SPEC --out DIR")
     record = json.loads(path.read_text())
     raw = dict(record["spec"])
-    sections = {name: from_dict(cls, raw.pop(name), name) for name, cls in
-                (("data", DataSpec), ("pretrain", PretrainSpec), ("finetune", FinetuneSpec), ("resources", Resources))}
+    sections = {name: from_dict(cls, raw.pop(name, {}), f"[{name}] of {path}") for name, cls in SECTIONS.items()}
     return StudySpec(**raw, **sections), Path(record["data_dir"]) if record["data_dir"] else None
 
 
@@ -150,7 +152,7 @@ def execute_claimed(root: str | os.PathLike, run_id: str) -> str:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}\n")
     try:
         shutil.rmtree(d / "work", ignore_errors=True)  # an interrupted attempt restarts from scratch
-        result = _pretrain(spec, data_dir, run, d / "work") if run.kind == "pretrain" else _finetune(spec, data_dir, root, run, d / "work")
+        result = execute.KINDS[run.kind](spec, data_dir, root, run, d / "work")
         write_json(d / "result.json", {"id": run_id, "kind": run.kind, **run.params, **result})
         return "done"
     except Exception as err:  # a failed run is recorded and the study goes on
@@ -166,44 +168,6 @@ def _quiet() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _pretrain(spec: StudySpec, data_dir: Path | None, run: Run, work: Path) -> dict:
-    from ..training.pretrain import PretrainConfig, pretrain
-
-    p = spec.pretrain
-    text = (dict(corpus=[str(data_dir / c) for c in spec.data.corpus], dev_file=[str(data_dir / c) for c in spec.data.dev_corpus])
-            if data_dir else dict(corpus=[], dataset=spec.data.hub_corpus))  # no data directory: the hub
-    cfg = PretrainConfig(
-        model=spec.model, **text,
-        out=str(work), sparsity=run.params["sparsity"], criterion=run.params["criterion"], scope=spec.scope,
-        steps=p.steps, prune_end=min(p.prune_end or p.steps, p.steps), prune_every=p.prune_every, batch_size=p.batch_size,
-        max_seq_len=p.max_seq_len, lr=p.lr, head_warmup_steps=p.head_warmup_steps, max_train_lines=p.max_train_lines,
-        max_dev_blocks=p.max_dev_blocks, save_steps=max(p.steps, 1), logging_steps=max(1, p.steps // 10), progress=False,
-    )
-    m = pretrain(cfg, overwrite=True)
-    return {"model": str(work / "model"), "dev_loss_before": m["dev_loss_before"], "dev_loss_after": m["dev_loss_after"],
-            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
-
-
-def _finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
-    from ..training.finetune import FinetuneConfig, finetune
-
-    source = json.loads((run_dir(root, run.params["source"]) / "result.json").read_text())
-    glue = None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
-    f, regime = spec.finetune, run.params["regime"]
-    after = regime == "pruned_after_finetuning"
-    cfg = FinetuneConfig(
-        model=source["model"], task=run.params["task"], out=str(work), data_dir=glue, lrs=[run.params["lr"]],
-        seed=run.params["seed"], masks="free" if regime == "information_deletion" else "held",
-        epochs=f.epochs_after_pruning if after else f.epochs, prune_after_epochs=f.prune_after_epochs if after else None,
-        sparsity=run.params["sparsity"] if after else None, criterion=spec.criterion, scope=spec.scope,
-        batch_size=f.batch_size, max_seq_len=f.max_seq_len, max_train_samples=f.max_train_samples,
-        logging_steps=10_000, progress=False,
-    )
-    m = finetune(cfg, overwrite=True)
-    return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
-            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
 
 
 # -- the driver ---------------------------------------------------------------------------------------

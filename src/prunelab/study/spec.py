@@ -3,10 +3,11 @@
     name = "compressing-bert"
     model = "bert-base-uncased"
     sparsities = [0.0, 0.1, ...]
-    regimes = ["pruned", "information_deletion", "pruned_after_finetuning", "random"]
+    regimes = ["pruned", "information_deletion", "pruned_after_finetuning", "random"]   (also "layer_drop")
     [data]      dir, corpus, glue                  (paths relative to dir; glue = "hub" for nyu-mll/glue)
     [pretrain]  steps, prune_end, prune_every, batch_size, max_seq_len, lr, ...
     [finetune]  tasks, lrs, epochs, seeds, batch_size, max_seq_len, max_train_samples, prune_after_epochs, ...
+    [layer_drop] strategies, counts                 (the layer_drop regime: Sajjad et al. 2020, "Poor Man's BERT")
     [resources] cpus, gpus                          (per run, for the Ray executor)
 """
 
@@ -20,10 +21,13 @@ from pathlib import Path
 
 from ..config import from_dict
 from ..glue import get_task
+from ..layerdrop import STRATEGIES
 from ..scores import CRITERIA
 from ..select import SCOPES
 
-REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random")
+# How each regime is planned lives in plan.REGIMES; these are their names, in the order they are documented.
+REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop")
+DEFAULT_REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random")  # the paper's four
 
 
 @dataclass
@@ -62,6 +66,14 @@ class FinetuneSpec:
 
 
 @dataclass
+class LayerDropSpec:
+    """The layer_drop regime: per strategy x count, that many layers dropped from the dense pre-trained model."""
+
+    strategies: list[str] = field(default_factory=lambda: ["top", "bottom", "alternate-even", "symmetric", "contribution"])
+    counts: list[int] = field(default_factory=lambda: [2, 4])
+
+
+@dataclass
 class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
@@ -72,12 +84,13 @@ class StudySpec:
     name: str
     model: str
     sparsities: list[float]
-    regimes: list[str] = field(default_factory=lambda: list(REGIMES))
+    regimes: list[str] = field(default_factory=lambda: list(DEFAULT_REGIMES))
     criterion: str = "magnitude"
     scope: str = "matrix"
     data: DataSpec = field(default_factory=DataSpec)
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    layer_drop: LayerDropSpec = field(default_factory=LayerDropSpec)
     resources: Resources = field(default_factory=Resources)
     source: str = ""
 
@@ -96,6 +109,20 @@ class StudySpec:
             get_task(task)
         if not self.finetune.lrs or not self.finetune.seeds:
             raise ValueError(f"[finetune] lrs and seeds{where} must not be empty")
+        self._check_layer_drop(where)
+
+    def _check_layer_drop(self, where: str) -> None:
+        strategies, counts = self.layer_drop.strategies, self.layer_drop.counts
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown or not strategies or len(set(strategies)) < len(strategies):
+            got = f"unknown strategy {unknown[0]!r}" if unknown else f"got {strategies}"
+            raise ValueError(f"[layer_drop] strategies{where}: {got}; give a non-empty list without repeats "
+                             f"from {', '.join(STRATEGIES)}")
+        bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 1]
+        if bad or not counts or len(set(counts)) < len(counts):
+            got = f"count {bad[0]!r}" if bad else f"got {counts}"
+            raise ValueError(f"[layer_drop] counts{where}: {got}; give a non-empty list without repeats of whole "
+                             "numbers >= 1 (layers to drop, fewer than the model has)")
 
     def data_dir(self, override: str | None = None) -> Path | None:
         """The data root: `override`, else ``[data] dir``, else ``$PRUNELAB_DATA``."""
@@ -106,7 +133,9 @@ class StudySpec:
         return (base / os.path.expandvars(chosen)).resolve()
 
 
-_SECTIONS = {"data": DataSpec, "pretrain": PretrainSpec, "finetune": FinetuneSpec, "resources": Resources}
+# An absent section takes its defaults, so a study.json written before a section existed still opens.
+SECTIONS = {"data": DataSpec, "pretrain": PretrainSpec, "finetune": FinetuneSpec, "layer_drop": LayerDropSpec,
+            "resources": Resources}
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:
@@ -119,7 +148,7 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path} is not valid TOML: {err}") from None
     sections = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in SECTIONS.items():
         table = raw.pop(name, {})
         if not isinstance(table, dict):
             raise ValueError(f"[{name}] in {path} must be a table")

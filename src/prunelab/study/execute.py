@@ -1,0 +1,91 @@
+"""What each kind of study run does: one executor per kind, called by the runner with the run's clean ``work/``.
+
+Every executor has the signature ``(spec, data_dir, root, run, work) -> dict`` and returns what result.json
+holds besides the run's id, kind and params. A model that dependents start from is saved to ``work/model``
+and named by the result's ``"model"``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .plan import Run
+from .spec import StudySpec
+
+
+def _result_of(root: Path, run_id: str) -> dict:
+    return json.loads((Path(root) / "runs" / run_id / "result.json").read_text())
+
+
+def pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """Continued MLM pre-training, pruned on a cubic schedule to the run's sparsity (0: dense)."""
+    from ..training.pretrain import PretrainConfig, pretrain as run_pretrain
+
+    p = spec.pretrain
+    text = (dict(corpus=[str(data_dir / c) for c in spec.data.corpus], dev_file=[str(data_dir / c) for c in spec.data.dev_corpus])
+            if data_dir else dict(corpus=[], dataset=spec.data.hub_corpus))  # no data directory: the hub
+    cfg = PretrainConfig(
+        model=spec.model, **text,
+        out=str(work), sparsity=run.params["sparsity"], criterion=run.params["criterion"], scope=spec.scope,
+        steps=p.steps, prune_end=min(p.prune_end or p.steps, p.steps), prune_every=p.prune_every, batch_size=p.batch_size,
+        max_seq_len=p.max_seq_len, lr=p.lr, head_warmup_steps=p.head_warmup_steps, max_train_lines=p.max_train_lines,
+        max_dev_blocks=p.max_dev_blocks, save_steps=max(p.steps, 1), logging_steps=max(1, p.steps // 10), progress=False,
+    )
+    m = run_pretrain(cfg, overwrite=True)
+    return {"model": str(work / "model"), "dev_loss_before": m["dev_loss_before"], "dev_loss_after": m["dev_loss_after"],
+            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
+
+
+def droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """Drop ``count`` layers by ``strategy`` from the source run's model (contribution scores and the forward
+    timing batch come from the text sample packaged with prunelab)."""
+    from ..layerdrop import drop_and_save
+
+    strategy, count = run.params["strategy"], run.params["count"]
+    source = _result_of(root, run.params["source"])
+    try:
+        info = drop_and_save(source["model"], str(work / "model"), strategy=strategy, count=count)
+    except ValueError as err:  # e.g. a count the model cannot spare: say which setting to change
+        where = f" in {spec.source}" if spec.source else ""
+        raise ValueError(f"cannot drop {count} layers of {spec.model!r} by {strategy}: {err}; "
+                         f"change [layer_drop] counts or strategies{where}") from None
+    keep = ("dropped", "layers_before", "layers_after", "contribution_scores", "params_before", "params_after",
+            "seconds_before", "seconds_after", "timing_batch")
+    return {"model": str(work / "model"), **{k: info[k] for k in keep}}
+
+
+def _finetune_options(spec: StudySpec, run: Run) -> dict:
+    """FinetuneConfig settings that depend on the regime (the rest fine-tunes every model alike)."""
+    f, regime = spec.finetune, run.params["regime"]
+    if regime == "information_deletion":
+        return {"masks": "free"}
+    if regime == "pruned_after_finetuning":
+        return {"epochs": f.epochs_after_pruning, "prune_after_epochs": f.prune_after_epochs, "sparsity": run.params["sparsity"]}
+    return {}  # masks held: a pruned model keeps its zeros; a dense or layer-dropped one (no masks file) is dense
+
+
+def finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """GLUE fine-tuning of the source run's model at one learning rate and seed."""
+    from ..training.finetune import FinetuneConfig, finetune as run_finetune
+
+    source = _result_of(root, run.params["source"])
+    glue = None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
+    f = spec.finetune
+    options = {"masks": "held", "epochs": f.epochs, **_finetune_options(spec, run)}
+    cfg = FinetuneConfig(
+        model=source["model"], task=run.params["task"], out=str(work), data_dir=glue, lrs=[run.params["lr"]],
+        seed=run.params["seed"], criterion=spec.criterion, scope=spec.scope,
+        batch_size=f.batch_size, max_seq_len=f.max_seq_len, max_train_samples=f.max_train_samples,
+        logging_steps=10_000, progress=False, **options,
+    )
+    m = run_finetune(cfg, overwrite=True)
+    return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
+            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
+
+
+# kind -> executor; looked up when a run starts (tests replace entries to simulate failures)
+KINDS: dict[str, Callable[[StudySpec, Path | None, Path, Run, Path], dict]] = {
+    "pretrain": pretrain, "droplayers": droplayers, "finetune": finetune,
+}
