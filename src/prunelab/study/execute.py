@@ -85,7 +85,64 @@ def finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work:
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
 
 
+def _glue_dir(spec: StudySpec, data_dir: Path | None) -> str | None:
+    return None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
+
+
+def _sizes(spec: StudySpec) -> dict:
+    f = spec.finetune
+    return dict(batch_size=f.batch_size, max_seq_len=f.max_seq_len, max_train_samples=f.max_train_samples,
+                logging_steps=10_000, progress=False)
+
+
+def teacher(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """The distill regime's teacher: the dense pre-trained model fine-tuned on the task over the learning-rate
+    grid; the best learning rate's model is saved."""
+    from ..training.finetune import FinetuneConfig, finetune as run_finetune
+
+    cfg = FinetuneConfig(model=_result_of(root, run.params["source"])["model"], task=run.params["task"], out=str(work),
+                         data_dir=_glue_dir(spec, data_dir), lrs=spec.finetune.lrs, seed=run.params["seed"],
+                         epochs=spec.finetune.epochs, save_model=True, **_sizes(spec))
+    m = run_finetune(cfg, overwrite=True)
+    return {"model": str(work / "model"), "best_lr": m["best_lr"], "dev": m["dev"], "dev_score": m["dev_score"],
+            "seconds": m["seconds"]}
+
+
+def adapt(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """Masks learned over the frozen dense pre-trained model, to the run's sparsity, at one score learning rate."""
+    from ..training.adapt import AdaptConfig, adapt as run_adapt
+
+    a = spec.adapt
+    cfg = AdaptConfig(model=_result_of(root, run.params["source"])["model"], task=run.params["task"], out=str(work),
+                      data_dir=_glue_dir(spec, data_dir), sparsity=run.params["sparsity"], lrs=[run.params["lr"]],
+                      head_lr=a.head_lr, penalty=a.penalty, ramp=a.ramp, band=a.band, exact=a.exact,
+                      epochs=a.epochs or spec.finetune.epochs, seed=run.params["seed"], **_sizes(spec))
+    m = run_adapt(cfg, overwrite=True)
+    return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
+            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
+
+
+def distill(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """The dense pre-trained model pruned (cubic) to the run's sparsity while fine-tuning: taught by the task's
+    teacher run (distill), or on the task loss alone (pruned_during_finetuning)."""
+    from ..training.distill import DistillConfig, distill_prune
+
+    d = spec.distill
+    teacher_model = _result_of(root, run.params["teacher"])["model"] if run.params.get("teacher") else None
+    cfg = DistillConfig(model=_result_of(root, run.params["source"])["model"], teacher=teacher_model, task=run.params["task"],
+                        out=str(work), data_dir=_glue_dir(spec, data_dir), sparsity=run.params["sparsity"],
+                        lrs=[run.params["lr"]], epochs=spec.finetune.epochs, seed=run.params["seed"],
+                        temperature=d.temperature, alpha_attention=d.alpha_attention, alpha_hidden=d.alpha_hidden,
+                        alpha_logits=d.alpha_logits, alpha_hard=d.alpha_hard, prune_end=d.prune_end,
+                        prune_every=d.prune_every, criterion=spec.criterion, scope=spec.scope, **_sizes(spec))
+    m = distill_prune(cfg, overwrite=True)
+    return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
+            "realized_sparsity": m["sparsity"], "seconds": m["seconds"], "seconds_per_step": m["seconds_per_step"],
+            "teacher_share": m["teacher_share"], "peak_memory_mb": m["peak_memory_mb"]}
+
+
 # kind -> executor; looked up when a run starts (tests replace entries to simulate failures)
 KINDS: dict[str, Callable[[StudySpec, Path | None, Path, Run, Path], dict]] = {
-    "pretrain": pretrain, "droplayers": droplayers, "finetune": finetune,
+    "pretrain": pretrain, "droplayers": droplayers, "finetune": finetune, "teacher": teacher, "adapt": adapt,
+    "distill": distill,
 }

@@ -12,6 +12,11 @@ Regimes that do not vary sparsity are planned once, after those that do:
                               layers from the dense pre-trained model (Sajjad et al. 2020 drop them from the
                               pre-trained model), fine-tuned per task x learning rate x seed like the dense
                               model; the dense fine-tuning runs are planned too, as its 0-layers reference.
+Regimes that start from the dense pre-trained model and reach sparsity s while learning the task:
+    adapt                     masks learned over its frozen weights (an ``adapt`` run per task x score lr x seed)
+    distill                   pruned (cubic) while fine-tuning, distilled from a ``teacher`` run: the dense model
+                              fine-tuned on the task (best of the learning-rate grid), one per task x seed
+    pruned_during_finetuning  the same pruning and budget without the teacher (the distill baseline)
 
 A new regime is one planner function and one line in ``REGIMES``; a new kind of run is one line in ``KINDS``
 here and one executor in ``execute.KINDS``.
@@ -27,7 +32,9 @@ from .spec import REGIMES as REGIME_NAMES
 from .spec import StudySpec
 
 # kind -> what ``prunelab study plan`` calls it; runs are listed (and started, when ready) in this order.
-KINDS = {"pretrain": "pre-training", "droplayers": "layer dropping", "finetune": "fine-tuning"}
+KINDS = {"pretrain": "pre-training", "droplayers": "layer dropping", "finetune": "fine-tuning", "teacher": "teacher",
+         "adapt": "mask learning", "distill": "pruning while fine-tuning"}
+DENSE_START = ("pruned_after_finetuning", "adapt", "distill", "pruned_during_finetuning")  # start from pretrain-s0.00
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,15 @@ def finetune_id(variant_name: str, task: str, lr: float, seed: int) -> str:
     return f"finetune-{variant_name}-{task}-lr{lr:g}-seed{seed}"
 
 
+def teacher_id(task: str, seed: int) -> str:
+    return f"teacher-{task}-seed{seed}"
+
+
+def learning_rates(spec: StudySpec, regime: str) -> list[float]:
+    """The learning-rate grid of a regime's runs: the scores' for adapt, else [finetune]'s."""
+    return spec.adapt.lrs if regime == "adapt" else spec.finetune.lrs
+
+
 class _Plan:
     """The runs planned so far; a run planned twice (the shared dense runs) is kept once, as first planned."""
 
@@ -76,14 +92,20 @@ class _Plan:
     def pretrain(self, sparsity: float, criterion: str) -> str:
         return self.add(pretrain_id(sparsity, criterion), "pretrain", {"sparsity": sparsity, "criterion": criterion})
 
-    def finetunes(self, variant_name: str, params: dict, source: str) -> None:
-        """Fine-tuning runs of the model made by run `source`, per task x learning rate x seed."""
+    def finetunes(self, variant_name: str, params: dict, source: str, kind: str = "finetune", teacher: bool = False) -> None:
+        """Runs of `kind` on the model made by run `source`, per task x learning rate x seed; with `teacher`
+        each also depends on the task's teacher run (planned here)."""
         for task in self.spec.finetune.tasks:
             short = get_task(task).name
-            for lr in self.spec.finetune.lrs:
+            for lr in learning_rates(self.spec, params["regime"]):
                 for seed in self.spec.finetune.seeds:
-                    self.add(finetune_id(variant_name, short, lr, seed), "finetune",
-                             {**params, "task": short, "lr": lr, "seed": seed, "source": source}, (source,))
+                    extra, deps = {}, (source,)
+                    if teacher:
+                        extra["teacher"] = self.add(teacher_id(short, seed), "teacher",
+                                                    {"task": short, "seed": seed, "source": source}, (source,))
+                        deps = (source, extra["teacher"])
+                    self.add(finetune_id(variant_name, short, lr, seed), kind,
+                             {**params, "task": short, "lr": lr, "seed": seed, "source": source, **extra}, deps)
 
 
 # -- regimes ------------------------------------------------------------------------------------------
@@ -111,6 +133,17 @@ def _plan_layer_drop(plan: _Plan, regime: str, sparsity: None) -> None:
             plan.finetunes(variant(regime, strategy=strategy, count=count), params, dropped)
 
 
+def _plan_from_dense(plan: _Plan, regime: str, sparsity: float) -> None:
+    """adapt, distill, pruned_during_finetuning: from the dense pre-trained model to `sparsity` on the task."""
+    source = plan.pretrain(0.0, plan.spec.criterion)
+    if sparsity == 0:  # every regime's dense run
+        plan.finetunes(variant(regime, 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": plan.spec.criterion}, source)
+        return
+    kind = "adapt" if regime == "adapt" else "distill"
+    plan.finetunes(variant(regime, sparsity), {"regime": regime, "sparsity": sparsity, "criterion": plan.spec.criterion},
+                   source, kind=kind, teacher=regime == "distill")
+
+
 @dataclass(frozen=True)
 class Regime:
     """How a regime is planned: ``plan(plan, regime, sparsity)`` adds its runs, once per sparsity of the
@@ -126,6 +159,9 @@ REGIMES = {
     "pruned_after_finetuning": Regime(_plan_pruning),
     "random": Regime(_plan_pruning),
     "layer_drop": Regime(_plan_layer_drop, per_sparsity=False),
+    "adapt": Regime(_plan_from_dense),
+    "distill": Regime(_plan_from_dense),
+    "pruned_during_finetuning": Regime(_plan_from_dense),
 }
 assert set(REGIMES) == set(REGIME_NAMES), "spec.REGIMES and plan.REGIMES name the same regimes"
 

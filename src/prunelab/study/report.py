@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ..glue import get_task
-from .plan import REGIMES, droplayers_id, expand, finetune_id, pretrain_id, variant
+from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, variant
 from .runner import open_study, run_dir, study_status
 
 MISSING = "—"
 REGIME_LABELS = {"pruned": "Pruned (during pre-training)", "information_deletion": "Information deletion",
                  "pruned_after_finetuning": "Pruned after fine-tuning", "random": "Random pruning",
-                 "layer_drop": "Layer dropping"}
+                 "layer_drop": "Layer dropping", "adapt": "Adapting by pruning (learned masks)",
+                 "distill": "Knowledge-aware pruning (distilled)", "pruned_during_finetuning": "Pruned during fine-tuning"}
 
 
 def collect(root: str | Path) -> dict:
@@ -51,7 +52,7 @@ def collect(root: str | Path) -> dict:
     for regime in regimes:
         for sparsity in spec.sparsities:
             criterion = "random" if regime == "random" else spec.criterion
-            source = pretrain_id(0.0 if regime == "pruned_after_finetuning" else sparsity, criterion)
+            source = pretrain_id(0.0 if regime in DENSE_START else sparsity, criterion)
             pre = results.get(source)
             cells = {task: _best_cell(results, variant(regime, sparsity), task, spec) for task in tasks}
             rows.append({"regime": regime, "sparsity": sparsity, "pretrain_loss": pre["dev_loss_after"] if pre else None,
@@ -90,7 +91,7 @@ def _layer_drop_rows(results: dict, spec, tasks: list[str]) -> list[dict]:
 
 def _best_cell(results: dict, variant_name: str, task: str, spec) -> dict | None:
     by_lr = {}
-    for lr in spec.finetune.lrs:
+    for lr in learning_rates(spec, variant_name.split("-")[0]):
         runs = [results.get(finetune_id(variant_name, task, lr, seed)) for seed in spec.finetune.seeds]
         if any(r is None for r in runs):
             return None  # a missing run makes the cell missing: the best of a partial grid is not the best

@@ -26,7 +26,8 @@ from ..scores import CRITERIA
 from ..select import SCOPES
 
 # How each regime is planned lives in plan.REGIMES; these are their names, in the order they are documented.
-REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop")
+REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop", "adapt", "distill",
+           "pruned_during_finetuning")
 DEFAULT_REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random")  # the paper's four
 
 
@@ -74,6 +75,37 @@ class LayerDropSpec:
 
 
 @dataclass
+class AdaptSpec:
+    """The adapt regime (Gao et al. 2021): masks learned over the frozen dense pre-trained model, per sparsity.
+
+    `lrs` are the scores' learning rates (the grid the report takes the best of); `exact` prunes exactly the
+    target sparsity at the end, so cells compare with the other regimes' at equal sparsity."""
+
+    lrs: list[float] = field(default_factory=lambda: [1e-3])
+    head_lr: float = 1e-3
+    penalty: float = 1e-6
+    ramp: float = 0.5
+    band: float = 0.01
+    exact: bool = True
+    epochs: float | None = None  # default: [finetune] epochs
+
+
+@dataclass
+class DistillSpec:
+    """The distill regime (Xu et al. 2021): the dense pre-trained model pruned (cubic) while fine-tuning, taught
+    by the dense model fine-tuned on the task (a ``teacher`` run per task x seed); pruned_during_finetuning is
+    the same without the teacher. Learning rates and epochs are [finetune]'s."""
+
+    temperature: float = 1.0
+    alpha_attention: float = 1.0
+    alpha_hidden: float = 1.0
+    alpha_logits: float = 1.0
+    alpha_hard: float = 0.0
+    prune_end: float = 0.7
+    prune_every: int = 10
+
+
+@dataclass
 class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
@@ -91,6 +123,8 @@ class StudySpec:
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     layer_drop: LayerDropSpec = field(default_factory=LayerDropSpec)
+    adapt: AdaptSpec = field(default_factory=AdaptSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
     resources: Resources = field(default_factory=Resources)
     source: str = ""
 
@@ -110,6 +144,8 @@ class StudySpec:
         if not self.finetune.lrs or not self.finetune.seeds:
             raise ValueError(f"[finetune] lrs and seeds{where} must not be empty")
         self._check_layer_drop(where)
+        if not self.adapt.lrs or any(lr <= 0 for lr in self.adapt.lrs):
+            raise ValueError(f"[adapt] lrs{where} must be a non-empty list of positive learning rates, e.g. [1e-3]")
 
     def _check_layer_drop(self, where: str) -> None:
         strategies, counts = self.layer_drop.strategies, self.layer_drop.counts
@@ -135,7 +171,7 @@ class StudySpec:
 
 # An absent section takes its defaults, so a study.json written before a section existed still opens.
 SECTIONS = {"data": DataSpec, "pretrain": PretrainSpec, "finetune": FinetuneSpec, "layer_drop": LayerDropSpec,
-            "resources": Resources}
+            "adapt": AdaptSpec, "distill": DistillSpec, "resources": Resources}
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:
