@@ -80,7 +80,7 @@ class MaskLearner:
         seed: Seed of the scores' initialisation.
     """
 
-    def __init__(self, model: nn.Module, sparsity: float, *, penalty: float = 1e-6, t_forward: float | None = None,
+    def __init__(self, model: nn.Module, sparsity: float, *, penalty: float = 1e-8, t_forward: float | None = None,
                  t_backward: float = 1.0, ramp_steps: int = 0, band: float = 0.01, init_mean: float = 0.01, init_std: float = 0.001,
                  include=None, exclude=None, layers=None, seed: int = 0):
         if not 0.0 <= sparsity < 1.0:

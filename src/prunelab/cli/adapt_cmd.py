@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--exact", action="store_true", help="final mask: exactly the target's lowest scores pruned (default: θ > 0, the paper)")
     p.add_argument("--lr", default="1e-3", help="comma-separated learning rates of the mask scores; the best dev score is reported")
     p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the task head")
-    p.add_argument("--penalty", type=float, default=1e-6, help="λ of the sparsity penalty λ·Σθ")
+    p.add_argument("--penalty", type=float, default=1e-8, help="λ of the sparsity penalty λ·Σθ")
     p.add_argument("--band", type=float, default=0.01, help="realized sparsity this far above the target reverses the penalty")
     p.add_argument("--ramp", type=float, default=0.5, help="fraction of training over which the target ramps up (cubic)")
     p.add_argument("--t-forward", type=float, help="sigmoid temperature of the forward pass (default: the hard step θ > 0)")

@@ -83,7 +83,7 @@ class AdaptSpec:
 
     lrs: list[float] = field(default_factory=lambda: [1e-3])
     head_lr: float = 1e-3
-    penalty: float = 1e-6
+    penalty: float = 1e-8
     ramp: float = 0.5
     band: float = 0.01
     exact: bool = True

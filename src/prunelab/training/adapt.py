@@ -48,7 +48,7 @@ class AdaptConfig:
     tokenizer: str | None = None
     lrs: list[float] = field(default_factory=lambda: [1e-3])
     head_lr: float = 1e-3
-    penalty: float = 1e-6
+    penalty: float = 1e-8
     t_forward: float | None = None  # None: the hard step 1[θ > 0]
     t_backward: float = 1.0
     ramp: float = 0.5  # fraction of training over which the target sparsity ramps up (cubic)

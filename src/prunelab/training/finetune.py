@@ -165,6 +165,7 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
     )
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids))
+    trainer.loss_is_scaled_for_ga = False  # classification losses are per-batch means: let the Trainer divide by grad_accum
     if not cfg.progress:
         quiet(trainer)
     if pruner is not None:
@@ -217,10 +218,12 @@ def _overall_sparsity(model) -> float:
 
 
 def _keep_only_best_model(out: Path, runs: list[dict], best: dict) -> None:
+    """Move the best learning rate's model to ``<out>/model`` and delete the others' (a resumed run moved it already)."""
     target = out / "model"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.move(best["model"], target)
+    if Path(best["model"]).exists():
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(best["model"], target)
     best["model"] = str(target)
     for run in runs:
         if run is not best and run.get("model") and Path(run["model"]).exists():
