@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 import warnings
 
@@ -236,3 +237,17 @@ def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, gl
     tuned = AutoModelForSequenceClassification.from_pretrained(out / "model")
     for name, mask in load_masks(pruned / "masks.safetensors").items():
         assert bool((tuned.bert.get_parameter(name)[~mask] == 0).all())
+
+
+def test_finetune_loss_is_divided_by_gradient_accumulation_once(tmp_path, glue_dir):  # noqa: F811
+    """BERT's forward takes **kwargs, so the Trainer would take its per-batch mean loss as already scaled for
+    accumulation; finetune tells it otherwise. The logged loss of a fresh binary head is then about ln 2, not k·ln 2."""
+    model = str(save_tiny(tmp_path / "m"))
+    logged = {}
+    for accum in (1, 4):
+        out = tmp_path / f"ft{accum}"
+        finetune(FinetuneConfig(model=model, task="SST-2", out=str(out), data_dir=str(glue_dir), lrs=[1e-9], epochs=1,
+                                batch_size=2, grad_accum=accum, logging_steps=1, progress=False))
+        history = json.loads((out / "lr-1e-09" / "log_history.json").read_text())["log_history"]
+        logged[accum] = [h["loss"] for h in history if "loss" in h][0]
+    assert logged[1] == pytest.approx(math.log(2), abs=0.1) and logged[4] == pytest.approx(math.log(2), abs=0.1)
