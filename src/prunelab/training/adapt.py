@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
@@ -27,9 +26,9 @@ from ..adapt import MaskLearner
 from ..artifact import load_model, save_artifact
 from ..callback import MaskLearnerCallback
 from ..config import versions
-from ..glue import Task, compute_metrics, get_task, load_task
+from ..glue import Task, compute_metrics, get_task
 from ..report import sparsity_report
-from .finetune import _keep_only_best_model, _subsample, encode
+from .finetune import _keep_only_best_model, evaluate_all, load_data
 from .run import (METRICS_FILE, attach_log_file, detach_log_file, is_main_process, prepare_run_dir, quiet, save_run_config,
                   training_arguments, write_json)
 
@@ -113,12 +112,7 @@ def adapt(cfg: AdaptConfig, *, resume: bool = False, overwrite: bool = False) ->
     handler = attach_log_file(out)
     try:
         started = time.time()
-        splits = load_task(task, cfg.data_dir)
-        splits["train"] = _subsample(splits["train"], cfg.max_train_samples, cfg.seed)
-        _, tokenizer = load_model(cfg.tokenizer or cfg.model)
-        if tokenizer is None:
-            raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
-        data = {name: encode(rows, tokenizer, cfg.max_seq_len, task.is_regression) for name, rows in splits.items()}
+        data, tokenizer = load_data(cfg, task)
         runs = [_run_one_lr(cfg, task, lr, data, tokenizer, out / f"lr-{lr:g}") for lr in cfg.lrs]
         best = max(runs, key=lambda r: r["dev_score"])
         if cfg.save_model and is_main_process():
@@ -172,14 +166,9 @@ def _run_one_lr(cfg: AdaptConfig, task: Task, lr: float, data: dict, tokenizer, 
     during = learner.metrics()
     masks = learner.finish(exact=cfg.exact)  # from here on: the plain pretrained model times its masks
 
-    dev = {}
-    for split in task.dev_splits:
-        figures = trainer.evaluate(data[split], metric_key_prefix=split)
-        dev[split] = {k[len(split) + 1:]: v for k, v in figures.items() if k[len(split) + 1:] in (*task.metrics, "score", "loss")}
-    train_loss = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
     report = sparsity_report(model, learner.targets)
     result = {
-        "lr": lr, "dev": dev, "dev_score": float(np.mean([d["score"] for d in dev.values()])), "train_loss_full": train_loss,
+        "lr": lr, **evaluate_all(trainer, task, data),
         "sparsity": report["overall"]["sparsity"], "target_sparsity": cfg.sparsity,
         "sparsity_at_end_of_training": during["adapt/sparsity"], "steps": trainer.state.global_step,
         "seconds": time.time() - started,

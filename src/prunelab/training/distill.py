@@ -27,16 +27,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback, set_seed
 
 from ..artifact import load_model, save_artifact
 from ..config import PruningConfig, versions
 from ..distill import DistillWeights, distill_terms, layer_map, total_loss
-from ..glue import Task, compute_metrics, get_task, load_task
+from ..glue import Task, compute_metrics, get_task
 from ..pruner import Pruner
-from .finetune import _keep_only_best_model, _subsample, encode
+from .finetune import _keep_only_best_model, evaluate_all, load_data
 from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint,
                   prepare_run_dir, quiet, save_run_config, training_arguments, write_json)
 
@@ -129,9 +128,7 @@ def distill_prune(cfg: DistillConfig, *, resume: bool = False, overwrite: bool =
     handler = attach_log_file(out)
     try:
         started = time.time()
-        splits = load_task(task, cfg.data_dir)
-        splits["train"] = _subsample(splits["train"], cfg.max_train_samples, cfg.seed)
-        data = {name: encode(rows, tokenizer, cfg.max_seq_len, task.is_regression) for name, rows in splits.items()}
+        data, _ = load_data(cfg, task, tokenizer)
         runs = [_run_one_lr(cfg, task, lr, data, tokenizer, teacher, out / f"lr-{lr:g}") for lr in cfg.lrs]
         best = max(runs, key=lambda r: r["dev_score"])
         if cfg.save_model and is_main_process():
@@ -282,13 +279,8 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     if pruner.target_sparsity != cfg.sparsity:
         raise RuntimeError(f"the schedule ended at sparsity {pruner.target_sparsity}, not {cfg.sparsity}; "
                            f"end step {pruner.config.end_step} of {trainer.state.global_step}")
-    dev = {}
-    for split in task.dev_splits:
-        figures = trainer.evaluate(data[split], metric_key_prefix=split)
-        dev[split] = {k[len(split) + 1:]: v for k, v in figures.items() if k[len(split) + 1:] in (*task.metrics, "score", "loss")}
     result = {
-        "lr": lr, "dev": dev, "dev_score": float(np.mean([d["score"] for d in dev.values()])),
-        "train_loss_full": trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"],
+        "lr": lr, **evaluate_all(trainer, task, data),
         "sparsity": report["overall"]["sparsity"], "steps": trainer.state.global_step, "seconds": time.time() - started,
         "seconds_per_step": timer.seconds / max(timer.steps, 1),
         "teacher_share": trainer.teacher_seconds / timer.seconds if timer.seconds else 0.0,

@@ -104,6 +104,28 @@ def _subsample(examples: list, n: int | None, seed: int) -> list:
     return [examples[i] for i in sorted(order)]
 
 
+def load_data(cfg, task: Task, tokenizer=None) -> tuple[dict[str, ListDataset], object]:
+    """The task's splits tokenized (train subsampled, seeded), and the tokenizer: `tokenizer`, else
+    ``cfg.tokenizer``'s or ``cfg.model``'s. Shared by finetune, adapt and distill-prune."""
+    splits = load_task(task, cfg.data_dir)
+    splits["train"] = _subsample(splits["train"], cfg.max_train_samples, cfg.seed)
+    if tokenizer is None:
+        _, tokenizer = load_model(cfg.tokenizer or cfg.model)
+    if tokenizer is None:
+        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
+    return {name: encode(rows, tokenizer, cfg.max_seq_len, task.is_regression) for name, rows in splits.items()}, tokenizer
+
+
+def evaluate_all(trainer: Trainer, task: Task, data: dict) -> dict:
+    """``{"dev": {split: metrics}, "dev_score": mean score over dev splits, "train_loss_full": loss on all of train}``."""
+    dev = {}
+    for split in task.dev_splits:
+        figures = trainer.evaluate(data[split], metric_key_prefix=split)
+        dev[split] = {k[len(split) + 1:]: v for k, v in figures.items() if k[len(split) + 1:] in (*task.metrics, "score", "loss")}
+    return {"dev": dev, "dev_score": float(np.mean([d["score"] for d in dev.values()])),
+            "train_loss_full": trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]}
+
+
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run `cfg` and return what ``<out>/metrics.json`` holds."""
     task = get_task(cfg.task)
@@ -112,12 +134,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = Fal
     handler = attach_log_file(out)
     try:
         started = time.time()
-        splits = load_task(task, cfg.data_dir)
-        splits["train"] = _subsample(splits["train"], cfg.max_train_samples, cfg.seed)
-        _, tokenizer = load_model(cfg.tokenizer or cfg.model)
-        if tokenizer is None:
-            raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
-        data = {name: encode(rows, tokenizer, cfg.max_seq_len, task.is_regression) for name, rows in splits.items()}
+        data, tokenizer = load_data(cfg, task)
         runs = [_run_one_lr(cfg, task, lr, data, tokenizer, out / f"lr-{lr:g}") for lr in cfg.lrs]
         best = max(runs, key=lambda r: r["dev_score"])
         if cfg.save_model and is_main_process():
@@ -172,15 +189,9 @@ def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenize
         attach_pruner(trainer, pruner)
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
 
-    dev = {}
-    for split in task.dev_splits:
-        figures = trainer.evaluate(data[split], metric_key_prefix=split)
-        dev[split] = {k[len(split) + 1:]: v for k, v in figures.items() if k[len(split) + 1:] in (*task.metrics, "score", "loss")}
-    train_loss = trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]
     report = pruner.report() if pruner is not None else None
     result = {
-        "lr": lr, "dev": dev, "dev_score": float(np.mean([d["score"] for d in dev.values()])),
-        "train_loss_full": train_loss,
+        "lr": lr, **evaluate_all(trainer, task, data),
         "sparsity": report["overall"]["sparsity"] if report else _overall_sparsity(model),
         "steps": trainer.state.global_step, "seconds": time.time() - started,
     }
