@@ -1,11 +1,19 @@
 """Training throughput (samples/s) of `prunelab finetune` with held masks vs the same Trainer run without
-prunelab, on the packaged pretrained MiniLM pruned to 50%, rounds interleaved so noise hits both alike.
+prunelab, on the packaged pretrained MiniLM pruned to 50%, interleaved step by step.
 
-Both runs train the same pruned weights on the same SST-2 subsample with the same TrainingArguments; the
-only difference is prunelab's callback holding the masks (gradient hooks + re-zeroing every step).
+Three real ``Trainer.train()`` runs go side by side in one process, each in its own thread, but a baton lets
+one thread run at a time: each run takes one optimizer step, then hands over, and the order rotates every
+round, so machine noise hits all runs alike. The runs: "plain Trainer"; "prunelab held masks", the same plus
+prunelab's callback holding the masks (as `prunelab finetune --masks held` attaches it); and a second plain
+run, whose ratio to the first is the noise floor of the measurement. All train the same pruned weights on the
+same batches in the same order with the same TrainingArguments.
+
+A step's time runs from the moment its run gets the baton to its ``on_step_end`` (after the pruning callback):
+data loading, forward, backward, clipping, optimizer, scheduler and callbacks; the first steps are warm-up.
+The ratio is the median over steps of the paired throughput ratio (step i is the same batch in every run).
 Data: $PRUNELAB_DATA or ../shared/data (GLUE SST-2). Prints one line per figure, ending with the ratio.
 
-    python benchmarks/bench_finetune.py [--rounds 3] [--steps 100]
+    python benchmarks/bench_finetune.py [--steps 200] [--batch 16]
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ import argparse
 import os
 import statistics
 import tempfile
+import threading
+import time
 from pathlib import Path
 
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback
 from transformers.utils import logging as hf_logging
 
 from prunelab import PruningConfig
@@ -25,11 +35,61 @@ from prunelab.glue import get_task, read_split
 from prunelab.training.finetune import FinetuneConfig, _pruner_for, encode
 from prunelab.training.run import attach_pruner, quiet, training_arguments
 
+PLAIN, PRUNELAB, CONTROL = "plain Trainer", "prunelab held masks", "plain Trainer (second run: noise floor)"
+
+
+class Baton:
+    """Lets the named runs take one step each in turn, rotating the order every round."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.done, self.round, self.position = names, set(), 0, 0
+        self.condition = threading.Condition()
+
+    def _current(self) -> str:
+        start = self.round % len(self.names)
+        return (self.names[start:] + self.names[:start])[self.position]
+
+    def wait(self, name: str) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self._current() == name)
+
+    def hand_over(self, name: str, finished: bool = False) -> None:
+        with self.condition:
+            if finished:
+                self.done.add(name)
+            while len(self.done) < len(self.names):
+                self.position += 1
+                if self.position == len(self.names):
+                    self.position, self.round = 0, self.round + 1
+                if self._current() not in self.done:
+                    break
+            self.condition.notify_all()
+
+
+class StepTimer(TrainerCallback):
+    """Times each step of one run while it holds the baton; added last, so the pruning callback is inside."""
+
+    def __init__(self, name: str, baton: Baton):
+        self.name, self.baton, self.times, self.start = name, baton, [], 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.baton.wait(self.name)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
+        self.baton.hand_over(self.name)
+        self.baton.wait(self.name)
+        self.start = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.baton.hand_over(self.name, finished=True)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--data", default=os.environ.get("PRUNELAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -45,26 +105,36 @@ def main() -> None:
     _, tokenizer = load_model(str(pruned))
     data = encode(rows, tokenizer, args.seq, regression=False)
 
-    def run(with_prunelab: bool) -> float:
+    baton = Baton([PLAIN, PRUNELAB, CONTROL])
+    timers, trainers = {}, {}
+    for name in baton.names:
         model, _ = load_model(str(pruned), model_class=AutoModelForSequenceClassification, num_labels=2)
-        targs = training_arguments(work / "ckpt", seed=0, learning_rate=3e-5, batch_size=args.batch, max_steps=args.steps,
-                                   save_strategy="no", logging_steps=10_000, disable_tqdm=True)
+        targs = training_arguments(work / f"run-{len(trainers)}", seed=0, learning_rate=3e-5, batch_size=args.batch,
+                                   max_steps=args.steps, save_strategy="no", logging_steps=10_000, disable_tqdm=True)
         trainer = quiet(Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer)))
-        if with_prunelab:
+        if name == PRUNELAB:
             cfg = FinetuneConfig(model=str(pruned), task="sst2", out=str(work / "unused"), batch_size=args.batch)
             attach_pruner(trainer, _pruner_for(cfg, model, len(data)))
-        return trainer.train().metrics["train_samples_per_second"]
+        timers[name] = StepTimer(name, baton)
+        trainer.add_callback(timers[name])
+        trainers[name] = trainer
+    threads = [threading.Thread(target=trainer.train) for trainer in trainers.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
-    speeds: dict[str, list[float]] = {"plain Trainer": [], "prunelab held masks": []}
-    for r in range(args.rounds):
-        order = [False, True] if r % 2 == 0 else [True, False]
-        for with_prunelab in order:
-            speeds["prunelab held masks" if with_prunelab else "plain Trainer"].append(run(with_prunelab))
-    base = statistics.median(speeds["plain Trainer"])
-    print(f"setup: MiniLM-L6 pruned to 50%, SST-2, {args.steps} steps x batch {args.batch}, seq <= {args.seq}, {args.rounds} rounds interleaved")
-    for name, values in speeds.items():
-        median = statistics.median(values)
-        print(f"training throughput {name}: {median:.1f} samples/s vs plain Trainer {base:.1f} samples/s -> {median / base:.3f}x")
+    base = timers[PLAIN].times[args.warmup:]
+    if any(len(timer.times) != args.steps for timer in timers.values()):
+        raise SystemExit(f"a run did not finish its {args.steps} steps: {[len(t.times) for t in timers.values()]}")
+    print(f"setup: MiniLM-L6 pruned to 50%, SST-2, {args.steps} steps x batch {args.batch} (first {args.warmup} warm-up), "
+          f"seq <= {args.seq}, 3 Trainer runs interleaved step by step")
+    for name, timer in timers.items():
+        times = timer.times[args.warmup:]
+        speed = args.batch / statistics.median(times)
+        paired = statistics.median(b / t for b, t in zip(base, times))
+        print(f"training throughput {name}: {speed:.1f} samples/s vs plain Trainer {args.batch / statistics.median(base):.1f} "
+              f"samples/s; median paired step ratio -> {paired:.3f}x")
 
 
 if __name__ == "__main__":

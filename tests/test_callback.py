@@ -71,3 +71,39 @@ def test_resume_without_pruner_state_is_a_clear_error(tmp_path):
     model = tiny_model("bert", "mlm")
     with pytest.raises(FileNotFoundError, match="holds no pruner state"):
         make_trainer(tmp_path, model, Pruner(model, CUBIC)).train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-6"))
+
+
+def test_trainer_optimizer_is_attached_and_held_zeros_are_checked_at_save(tmp_path):
+    """Under the Trainer the pruner relies on AdamW to keep zeros (no per-step re-zero); a pruned weight that
+    becomes nonzero anyway is an error at the next checkpoint, never a silently saved regrown weight."""
+    from transformers import TrainerCallback
+
+    model = tiny_model("bert", "mlm")
+    pruner = Pruner(model, PruningConfig(sparsity=0.5))
+    rezeroed = []
+
+    class Spy(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            rezeroed.append(pruner._needs_rezero())
+
+    trainer = make_trainer(tmp_path / "a", model, pruner)
+    trainer.add_callback(Spy())
+    trainer.train()
+    assert len(rezeroed) == 12 and all(names == [] for names in rezeroed)
+    assert pruner.optimizer is None  # released at the end of training
+
+    model = tiny_model("bert", "mlm")
+    pruner = Pruner(model, PruningConfig(sparsity=0.5))
+    name = "encoder.layer.0.output.dense.weight"
+
+    class Regrow(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                with torch.no_grad():
+                    model.bert.get_parameter(name)[~pruner.masks[name]] = 1.0
+
+    trainer = make_trainer(tmp_path / "b", model, pruner)
+    trainer.add_callback(Regrow())
+    with pytest.raises(RuntimeError, match="not zero where pruned"):
+        trainer.train()
+    assert not (tmp_path / "b" / "run" / "checkpoint-6" / "pruner_state.json").exists()

@@ -54,13 +54,19 @@ def train(model, pruner, opt, steps, *, accumulate=1, clip=None, autocast=None, 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("schedule", ["oneshot", "cubic"])
-def test_enforced_masks_hold_through_every_optimizer_step(setting, schedule):
+@pytest.mark.parametrize("attached", [False, True], ids=["rezero", "optimizer-attached"])
+def test_enforced_masks_hold_through_every_optimizer_step(setting, schedule, attached):
+    """Alone, the pruner re-zeroes the weights after every step; attached to the (AdamW or SGD) optimizer, it
+    does not, and the cleared optimizer state at newly pruned positions must keep them at 0.0 instead."""
     model = tiny_model("bert", "mlm").train()
     cfg = PruningConfig(sparsity=0.6, schedule=schedule, end_step=12, update_every=3)
     pruner = Pruner(model, cfg)
     pruner.step(0)
     opt_kwargs = dict(SETTINGS[setting])
     opt = opt_kwargs.pop("opt")(model.parameters())
+    if attached:
+        pruner.attach_optimizer(opt)
+        assert pruner._needs_rezero() == []  # the per-step pass is really skipped
     seen_updates = []
 
     def check(stage, step):
@@ -120,9 +126,135 @@ def test_global_scope_exact_over_all_targets():
 def test_realized_sparsity_mismatch_is_an_error(monkeypatch):
     model = tiny_model("bert")
     pruner = Pruner(model, PruningConfig(sparsity=0.5))
-    monkeypatch.setattr(Pruner, "apply", lambda self: None)  # masks chosen but never reach the weights
+    monkeypatch.setattr(Pruner, "apply", lambda self, names=None: None)  # masks chosen but never reach the weights
     with pytest.raises(RuntimeError, match="not zero where pruned"):
         pruner.step(0)
+
+
+class MixingSGD(torch.optim.SGD):
+    """An optimizer whose update moves every entry (like Shampoo or Muon mixing entries): zero gradients on
+    zero state do not keep a weight at zero."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.abs().mean())
+
+
+def test_optimizers_that_mix_entries_are_still_rezeroed_every_step():
+    model = tiny_model("bert", "mlm").train()
+    pruner = Pruner(model, PruningConfig(sparsity=0.5))
+    pruner.step(0)
+    opt = MixingSGD(model.parameters(), lr=1e-2)
+    pruner.attach_optimizer(opt)
+    assert pruner._needs_rezero() == list(pruner.masks)
+    train(model, pruner, opt, 3)
+    assert pruned_weights_are_zero(pruner)
+    # and the test is sensitive: without the re-zero this optimizer regrows pruned weights
+    pruner.apply = lambda names=None: None
+    train(model, pruner, opt, 1, first=4)
+    assert not pruned_weights_are_zero(pruner)
+
+
+def adam_state_at(opt, pruner, key, kept):
+    """The values of `key` in the optimizer state of every target, at kept or at pruned positions."""
+    return torch.cat([opt.state[pruner._params[n]][key][m if kept else ~m] for n, m in pruner.masks.items()])
+
+
+def test_attaching_tidies_optimizer_state_at_pruned_positions_and_unwraps():
+    model = tiny_model("bert", "mlm").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, start_step=100))
+    train(model, pruner, opt, 2)  # dense training: optimizer state everywhere
+    pruner.update_masks(0.5, step=2)  # weights zeroed; the optimizer's moments there are not
+    kept_before = adam_state_at(opt, pruner, "exp_avg_sq", kept=True).clone()
+
+    class Wrapper:  # like accelerate's AcceleratedOptimizer
+        optimizer = opt
+
+    pruner.attach_optimizer(Wrapper())
+    assert pruner.optimizer is opt
+    assert int(torch.count_nonzero(adam_state_at(opt, pruner, "exp_avg", kept=False))) == 0
+    assert bool((adam_state_at(opt, pruner, "exp_avg_sq", kept=False) == 1.0).all())  # not 0: see optimizer_state
+    assert torch.equal(adam_state_at(opt, pruner, "exp_avg_sq", kept=True), kept_before)  # kept positions untouched
+    train(model, pruner, opt, 3, first=3)
+    assert pruned_weights_are_zero(pruner)
+    assert int(torch.count_nonzero(adam_state_at(opt, pruner, "exp_avg", kept=False))) == 0
+    pruner.attach_optimizer(None)  # detaching hands the optimizer back plain zeros
+    assert int(torch.count_nonzero(adam_state_at(opt, pruner, "exp_avg_sq", kept=False))) == 0
+    assert pruner._needs_rezero() == list(pruner.masks)
+
+
+def test_optimizer_state_created_or_replaced_later_is_tidied():
+    model = tiny_model("bert", "mlm").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, amsgrad=True)
+    pruner = Pruner(model, PruningConfig(sparsity=0.5))
+    pruner.step(0)
+    pruner.attach_optimizer(opt)  # no state yet: Adam creates it at its first step
+    train(model, pruner, opt, 1)
+    for key in ("exp_avg_sq", "max_exp_avg_sq"):
+        assert bool((adam_state_at(opt, pruner, key, kept=False) == 1.0).all())
+    # a state loaded from elsewhere, with moments at pruned positions, is tidied after the step that used it,
+    # and the weights that step moved are re-zeroed
+    dirty = opt.state_dict()
+    for state in dirty["state"].values():
+        state["exp_avg"] = torch.ones_like(state["exp_avg"])
+    opt.load_state_dict(dirty)
+    train(model, pruner, opt, 1, first=2)
+    assert pruned_weights_are_zero(pruner)
+    assert int(torch.count_nonzero(adam_state_at(opt, pruner, "exp_avg", kept=False))) == 0
+    train(model, pruner, opt, 2, first=3)
+    assert pruned_weights_are_zero(pruner)
+
+
+def test_optimizer_attached_before_the_first_masks():
+    model = tiny_model("bert", "mlm").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, start_step=3))  # dense until step 3, as after fine-tuning
+    pruner.step(0)
+    pruner.attach_optimizer(opt)
+    train(model, pruner, opt, 6)
+    assert pruner.mask_sparsity() == pytest.approx(0.5, abs=1e-3) and pruned_weights_are_zero(pruner)
+    assert int(torch.count_nonzero(adam_state_at(opt, pruner, "exp_avg", kept=False))) == 0
+
+
+def test_second_moments_are_refilled_before_beta2_decays_them():
+    from prunelab.optimizer_state import refill_interval
+
+    model = tiny_model("bert", "mlm").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.5))
+    assert refill_interval(opt) == 9  # 0.5**10 < 1e-3 <= 0.5**9
+    pruner = Pruner(model, PruningConfig(sparsity=0.5))
+    pruner.step(0)
+    pruner.attach_optimizer(opt)
+    lowest = []
+    for step in range(1, 31):
+        train(model, pruner, opt, 1, first=step)
+        lowest.append(float(adam_state_at(opt, pruner, "exp_avg_sq", kept=False).min()))
+    assert min(lowest) >= 1e-3 and lowest[0] == 1.0  # without refills: 0.5**29, a denormal away from 0
+    assert pruned_weights_are_zero(pruner)
+
+
+def test_regrown_positions_restart_with_zero_second_moments():
+    model = tiny_model("bert", "mlm").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, regrow=True, criterion="random"))
+    pruner.step(0)
+    pruner.attach_optimizer(opt)
+    train(model, pruner, opt, 2)
+    before = {n: m.clone() for n, m in pruner.masks.items()}
+    pruner.config.seed = 1
+    pruner.update_masks(0.5, step=2)  # another random half: some pruned positions are kept now
+    name = next(iter(before))
+    regrown = pruner.masks[name] & ~before[name]
+    assert bool(regrown.any())
+    assert int(torch.count_nonzero(opt.state[pruner._params[name]]["exp_avg_sq"][regrown])) == 0
+    assert bool((opt.state[pruner._params[name]]["exp_avg_sq"][~pruner.masks[name]] == 1.0).all())
+    train(model, pruner, opt, 2, first=3)
+    assert pruned_weights_are_zero(pruner)
 
 
 def test_replaced_parameter_is_rebound_not_silently_missed():

@@ -12,10 +12,13 @@ from .pruner import STATE_FILE, Pruner
 class PruningCallback(TrainerCallback):
     """Drive `pruner` from a ``transformers.Trainer``.
 
-    * ``on_train_begin``: restore the pruner from the checkpoint being resumed (``global_step > 0``), then
+    * ``on_train_begin``: restore the pruner from the checkpoint being resumed (``global_step > 0``), hand it
+      the Trainer's optimizer (``pruner.attach_optimizer``; its state is loaded by then), then
       ``pruner.step(global_step)`` (a oneshot schedule at step 0 prunes here, before any update).
     * ``on_step_end``: ``pruner.step(global_step)`` after each optimizer step.
-    * ``on_save``: save the pruner's masks and schedule position into the checkpoint folder.
+    * ``on_save``: check that pruned weights are exactly zero (``pruner.verify``; an error, never a silent
+      checkpoint of regrown weights), then save the pruner's masks and schedule position into the checkpoint.
+    * ``on_train_end``: the same check.
     * ``on_log``: add ``pruning/sparsity`` and ``pruning/target_sparsity`` to the logs.
 
     Args:
@@ -37,14 +40,24 @@ class PruningCallback(TrainerCallback):
                     "pass PruningCallback(pruner, resume_from=CHECKPOINT_DIR)"
                 )
             self.pruner.load(checkpoint)
+        self.pruner.attach_optimizer(kwargs.get("optimizer"))
         self.pruner.step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.pruner.step(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
+        self._check_held()
         if state.is_world_process_zero:
             self.pruner.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._check_held()
+        self.pruner.attach_optimizer(None)  # the Trainer's optimizer is done; keep no reference to it
+
+    def _check_held(self):
+        if self.pruner.config.mode == "enforced" and self.pruner.masks:
+            self.pruner.verify()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None:

@@ -13,6 +13,11 @@ No forward hooks, no reparametrization: the model's state-dict keys never change
 gradient hook on each target zeroes the gradients of pruned weights (so clipping and optimizer state
 ignore them) and ``step`` re-zeroes the weights after every optimizer step, which keeps them exactly 0.0
 whatever the optimizer does (momentum, Adam moments, weight decay).
+
+Told the optimizer (``pruner.attach_optimizer(optimizer)``; ``PruningCallback`` does it), the pruner skips
+that per-step pass for the weights an SGD, Adam or AdamW optimizer trains: it tidies the optimizer's state
+at pruned positions, and from then on those optimizers' own arithmetic keeps the weights exactly 0.0 (a zero
+gradient on a zero first moment gives a zero update, weight decay included; see ``optimizer_state``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import PruningConfig, dumps
+from .optimizer_state import SECOND_MOMENT_FILL, holds_zeros, is_tidy, refill_interval, tidy
 from .report import sparsity_report
 from .schedules import is_update_step, sparsity_at
 from .select import compute_masks, num_to_prune
@@ -61,6 +67,9 @@ class Pruner:
         # ~9x faster than by a bool mask, and this is the per-step path.
         self._factors: dict[str, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.optimizer: torch.optim.Optimizer | None = None  # see attach_optimizer
+        self._tidied: dict[str, list] = {}  # target -> weak references to its optimizer state, as last tidied
+        self._steps_since_tidy = 0
         self._bind()
         if masks is not None:
             self.set_masks(masks, sparsity=None)
@@ -85,7 +94,8 @@ class Pruner:
                 self.update_masks(self.sparsity_at(step), step=step)
                 return
         if cfg.mode == "enforced":
-            self.apply()
+            stale = self._keep_optimizer_state_tidy()
+            self.apply(self._needs_rezero() + stale)
 
     def sparsity_at(self, step: int) -> float:
         cfg = self.config
@@ -122,6 +132,7 @@ class Pruner:
         for t in self.targets:
             if tuple(masks[t.name].shape) != t.shape:
                 raise ValueError(f"mask of {t.name!r} has shape {tuple(masks[t.name].shape)}, the weight {t.shape}")
+        previous = self.masks
         self.masks = {t.name: masks[t.name].to(device=self._params[t.name].device, dtype=torch.bool) for t in self.targets}
         self._factors = {}
         if sparsity is None:
@@ -129,15 +140,70 @@ class Pruner:
         self.target_sparsity = sparsity
         self.apply()
         self.verify()
-        if self.config.mode == "enforced" and not self._hooks:
-            self._register_grad_hooks()
+        if self.config.mode == "enforced":
+            self._tidy_optimizer_state(previous=previous or None)
+            if not self._hooks:
+                self._register_grad_hooks()
 
     @torch.no_grad()
-    def apply(self) -> None:
-        """Zero the pruned weights in place (one multi-tensor multiply over all targets)."""
-        if self.masks:
-            names = list(self.masks)
+    def apply(self, names: list[str] | None = None) -> None:
+        """Zero the pruned weights in place (one multi-tensor multiply over all targets, or over `names`)."""
+        names = list(self.masks) if names is None else names
+        if self.masks and names:
             torch._foreach_mul_([self._params[n] for n in names], [self._factor(n) for n in names])
+
+    # -- the optimizer --------------------------------------------------------------------------------
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Tell the pruner which optimizer trains the model; attach it after loading its state, if resuming.
+
+        In ``enforced`` mode, for an SGD, Adam or AdamW optimizer, ``step`` no longer re-zeroes the weights it
+        trains: the pruner tidies its state at pruned positions now, whenever the masks change and whenever the
+        optimizer creates or replaces the state, and the optimizer's own update of a pruned weight is then
+        exactly 0 (see ``prunelab.optimizer_state``). Adam's second moments read 1.0 there while attached;
+        detaching (``None``, or another optimizer) sets them back to 0.0. Weights of other optimizers, or not
+        in this one, are still re-zeroed every step. Wrappers with an ``.optimizer`` attribute (accelerate's
+        ``AcceleratedOptimizer``) are unwrapped.
+        """
+        if self.optimizer is not None and self.masks and self.config.mode == "enforced":
+            self._tidy_optimizer_state(fill=0.0)
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)
+        self._tidied, self._steps_since_tidy = {}, 0
+        if self.masks and self.config.mode == "enforced":
+            self._tidy_optimizer_state()
+
+    def _held_by_optimizer(self) -> list[str]:
+        """Targets whose pruned weights the attached optimizer itself keeps at exactly 0."""
+        if self.optimizer is None or not holds_zeros(self.optimizer):
+            return []
+        trained = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return [n for n, p in self._params.items() if id(p) in trained]
+
+    def _needs_rezero(self) -> list[str]:
+        held = set(self._held_by_optimizer())
+        return [n for n in self.masks if n not in held]
+
+    def _tidy_optimizer_state(self, names: list[str] | None = None, previous: dict[str, torch.Tensor] | None = None,
+                              fill: float = SECOND_MOMENT_FILL) -> None:
+        for name in self._held_by_optimizer() if names is None else names:
+            self._tidied[name] = tidy(self.optimizer, self._params[name], self.masks[name], fill=fill,
+                                      previous_keep=None if previous is None else previous.get(name))
+        if names is None:
+            self._steps_since_tidy = 0
+
+    def _keep_optimizer_state_tidy(self) -> list[str]:
+        """Per step, when attached: tidy state the optimizer created or replaced since the last tidy, and
+        refill the second moments when due. Returns the targets whose weights the stale state may have moved."""
+        held = self._held_by_optimizer()
+        if not held or not self.masks:
+            return []
+        self._steps_since_tidy += 1
+        stale = [n for n in held if not is_tidy(self.optimizer, self._params[n], self._tidied.get(n))]
+        if self._steps_since_tidy >= refill_interval(self.optimizer):
+            self._tidy_optimizer_state()
+        elif stale:
+            self._tidy_optimizer_state(stale)
+        return stale
 
     def _factor(self, name: str) -> torch.Tensor:
         """The mask of `name` as 0/1 in its weight's dtype and device (the model may have moved)."""
