@@ -118,11 +118,22 @@ def main() -> None:
         timers[name] = StepTimer(name, baton)
         trainer.add_callback(timers[name])
         trainers[name] = trainer
-    threads = [threading.Thread(target=trainer.train) for trainer in trainers.values()]
+    errors = []
+
+    def train(name: str) -> None:
+        try:
+            trainers[name].train()
+        except BaseException as err:  # hand the baton on, or the other runs would wait for this one forever
+            errors.append(err)
+            baton.hand_over(name, finished=True)
+
+    threads = [threading.Thread(target=train, args=(name,)) for name in trainers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
 
     base = timers[PLAIN].times[args.warmup:]
     if any(len(timer.times) != args.steps for timer in timers.values()):
