@@ -94,8 +94,9 @@ class Pruner:
                 self.update_masks(self.sparsity_at(step), step=step)
                 return
         if cfg.mode == "enforced":
-            stale = self._keep_optimizer_state_tidy()
-            self.apply(self._needs_rezero() + stale)
+            held = self._held_by_optimizer()
+            stale = self._keep_optimizer_state_tidy(held)
+            self.apply(self._needs_rezero(held) + stale)
 
     def sparsity_at(self, step: int) -> float:
         cfg = self.config
@@ -179,8 +180,8 @@ class Pruner:
         trained = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         return [n for n, p in self._params.items() if id(p) in trained]
 
-    def _needs_rezero(self) -> list[str]:
-        held = set(self._held_by_optimizer())
+    def _needs_rezero(self, held: list[str] | None = None) -> list[str]:
+        held = set(self._held_by_optimizer() if held is None else held)
         return [n for n in self.masks if n not in held]
 
     def _tidy_optimizer_state(self, names: list[str] | None = None, previous: dict[str, torch.Tensor] | None = None,
@@ -191,10 +192,9 @@ class Pruner:
         if names is None:
             self._steps_since_tidy = 0
 
-    def _keep_optimizer_state_tidy(self) -> list[str]:
-        """Per step, when attached: tidy state the optimizer created or replaced since the last tidy, and
-        refill the second moments when due. Returns the targets whose weights the stale state may have moved."""
-        held = self._held_by_optimizer()
+    def _keep_optimizer_state_tidy(self, held: list[str]) -> list[str]:
+        """Per step, for the `held` targets: tidy state the optimizer created or replaced since the last tidy,
+        and refill the second moments when due. Returns the targets whose weights the stale state may have moved."""
         if not held or not self.masks:
             return []
         self._steps_since_tidy += 1
