@@ -11,9 +11,10 @@ same batches in the same order with the same TrainingArguments.
 A step's time runs from the moment its run gets the baton to its ``on_step_end`` (after the pruning callback):
 data loading, forward, backward, clipping, optimizer, scheduler and callbacks; the first steps are warm-up.
 The ratio is the median over steps of the paired throughput ratio (step i is the same batch in every run).
+The time prunelab itself spends per step (its gradient hooks and ``pruner.step``) is also timed directly.
 Data: $PRUNELAB_DATA or ../shared/data (GLUE SST-2). Prints one line per figure, ending with the ratio.
 
-    python benchmarks/bench_finetune.py [--steps 200] [--batch 16]
+    python benchmarks/bench_finetune.py [--steps 300] [--batch 16]
 """
 
 from __future__ import annotations
@@ -86,9 +87,30 @@ class StepTimer(TrainerCallback):
         self.baton.hand_over(self.name, finished=True)
 
 
+def time_own_work(pruner, own: list[float]) -> None:
+    """Record into `own` the seconds each step spends in the pruner's gradient hooks and ``pruner.step``:
+    timer hooks go on either side of the pruner's, and ``step`` is wrapped."""
+    hooks: list[float] = []
+    pruner.remove_hooks()
+    for param in pruner._params.values():
+        param.register_post_accumulate_grad_hook(lambda p: hooks.append(-time.perf_counter()))
+    pruner._register_grad_hooks()
+    for param in pruner._params.values():
+        param.register_post_accumulate_grad_hook(lambda p: hooks.append(time.perf_counter()))
+    inner = pruner.step
+
+    def step(global_step: int) -> None:
+        start = time.perf_counter()
+        inner(global_step)
+        own.append(time.perf_counter() - start + sum(hooks))
+        hooks.clear()
+
+    pruner.step = step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
@@ -105,6 +127,7 @@ def main() -> None:
     _, tokenizer = load_model(str(pruned))
     data = encode(rows, tokenizer, args.seq, regression=False)
 
+    own: list[float] = []  # seconds prunelab spends per step: gradient hooks and pruner.step
     baton = Baton([PLAIN, PRUNELAB, CONTROL])
     timers, trainers = {}, {}
     for name in baton.names:
@@ -114,7 +137,9 @@ def main() -> None:
         trainer = quiet(Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer)))
         if name == PRUNELAB:
             cfg = FinetuneConfig(model=str(pruned), task="sst2", out=str(work / "unused"), batch_size=args.batch)
-            attach_pruner(trainer, _pruner_for(cfg, model, len(data)))
+            pruner = _pruner_for(cfg, model, len(data))
+            time_own_work(pruner, own)
+            attach_pruner(trainer, pruner)
         timers[name] = StepTimer(name, baton)
         trainer.add_callback(timers[name])
         trainers[name] = trainer
@@ -146,6 +171,9 @@ def main() -> None:
         paired = statistics.median(b / t for b, t in zip(base, times))
         print(f"training throughput {name}: {speed:.1f} samples/s vs plain Trainer {args.batch / statistics.median(base):.1f} "
               f"samples/s; median paired step ratio -> {paired:.3f}x")
+    own_ms, base_ms = statistics.median(own[args.warmup:]) * 1000, statistics.median(base) * 1000
+    print(f"prunelab own work per step (gradient hooks + pruner.step): {own_ms:.1f} ms vs plain step {base_ms:.1f} ms "
+          f"-> {base_ms / (base_ms + own_ms):.3f}x")
 
 
 if __name__ == "__main__":
