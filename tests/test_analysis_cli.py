@@ -199,3 +199,28 @@ def test_overwrite_and_missing_matplotlib(bert_dir, tmp_path, monkeypatch, capsy
     assert "pip install 'prunelab[analysis]'" in capsys.readouterr().err
     assert analyze("weights", bert_dir, "--out", tmp_path / "csv-only", "--no-figure") == 0
     assert sorted(p.name for p in (tmp_path / "csv-only").iterdir()) == ["weights.csv", "weights.json", "weights_by_kind.csv"]
+
+
+def test_library_writes_the_same_files_as_the_cli(bert_dir, tmp_path):
+    from prunelab.analysis import write_analysis
+
+    cases = [("weights", {}, [], ["weights.csv", "weights_by_kind.csv", "weights.json", "weights.png"]),
+             ("mass", {"sparsities": [0, 0.5, 0.9], "scope": "global"},
+              ["--sparsities", "0,0.5,0.9", "--scope", "global"], ["mass.csv", "mass.json", "mass.png"])]
+    for name, inputs, options, files in cases:
+        cli, lib = tmp_path / f"cli-{name}", tmp_path / f"lib-{name}"
+        assert analyze(name, bert_dir, *options, "--out", cli) == 0
+        written = write_analysis(name, lib, model=str(bert_dir), **inputs)
+        assert written.files == [lib / f for f in files] and written.messages == []
+        assert sorted(p.name for p in lib.iterdir()) == sorted(p.name for p in cli.iterdir()) == sorted(files)
+        for path in written.files:
+            if path.suffix == ".png":
+                assert_png(path)
+            else:  # the tables and the JSON record (inputs, versions, result) are the CLI's to the byte
+                assert path.read_bytes() == (cli / path.name).read_bytes(), path.name
+        assert read_json(lib / f"{name}.json")["analysis"] == name
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        write_analysis("mass", lib, model=str(bert_dir))
+    assert write_analysis("mass", lib, figure=False, overwrite=True, model=str(bert_dir)).files[-1].name == "mass.json"
+    with pytest.raises(ValueError, match="unknown analysis 'size'"):
+        write_analysis("size", tmp_path / "size", model=str(bert_dir))

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model
 
 from prunelab.analysis import compare_masks, load_mask_source, magnitude_masks, mask_difference, random_baseline
-from prunelab.pruner import save_masks
+from prunelab.masks_io import save_masks
 
 Q = "encoder.layer.0.attention.self.query.weight"
 F = "encoder.layer.1.intermediate.dense.weight"

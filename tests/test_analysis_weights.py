@@ -4,7 +4,7 @@ from conftest import MODEL_TYPES, tiny_model
 
 from prunelab.analysis import (embedding_heatmap, head_pruning, key_heatmap, load_texts, pruned_mass, split_heads,
                                subword_length, weight_stats)
-from prunelab.analysis.common import describe
+from prunelab.targets import kind_and_layer as describe
 from prunelab.targets import get_parameter, resolve_targets
 
 Q0 = "encoder.layer.0.attention.self.query.weight"

@@ -4,7 +4,7 @@ from transformers import Trainer, TrainingArguments
 
 from conftest import batch, tiny_model
 from prunelab import Pruner, PruningConfig
-from prunelab.callback import PruningCallback
+from prunelab.integrations.hf_trainer import PruningCallback
 from prunelab.targets import get_parameter
 
 
@@ -107,3 +107,36 @@ def test_trainer_optimizer_is_attached_and_held_zeros_are_checked_at_save(tmp_pa
     with pytest.raises(RuntimeError, match="not zero where pruned"):
         trainer.train()
     assert not (tmp_path / "b" / "run" / "checkpoint-6" / "pruner_state.json").exists()
+
+
+def _tensorboard_scalars(run_dir) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
+    return tags
+
+
+def test_attach_sends_pruning_figures_to_tensorboard(tmp_path):
+    """The README's recipe: ``attach(trainer, pruner)`` puts the callback before the report_to integrations, so the
+    event file a Trainer run writes holds ``pruning/sparsity``; a callback passed in ``callbacks=[...]`` runs after
+    TensorBoard's and its figures reach only ``log_history``."""
+    pytest.importorskip("tensorboard")
+    from prunelab import attach
+
+    for how in ("attach", "callbacks"):
+        model = tiny_model("bert", "mlm")
+        pruner = Pruner(model, CUBIC)
+        args = TrainingArguments(output_dir=str(tmp_path / how), max_steps=4, per_device_train_batch_size=4, logging_steps=1,
+                                 report_to=["tensorboard"], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+                                 save_strategy="no")
+        callbacks = [PruningCallback(pruner)] if how == "callbacks" else None
+        trainer = Trainer(model=model, args=args, train_dataset=TinyMLM(), callbacks=callbacks)
+        if how == "attach":
+            assert isinstance(attach(trainer, pruner), PruningCallback)
+        trainer.train()
+        assert any("pruning/sparsity" in entry for entry in trainer.state.log_history)
+        scalars = _tensorboard_scalars(tmp_path / how)
+        assert "train/loss" in scalars
+        assert ("train/pruning/sparsity" in scalars) == (how == "attach"), (how, scalars)

@@ -139,3 +139,24 @@ def test_a_model_without_tokenizer_files_has_no_tokenizer(tmp_path):
     tiny_model("bert").save_pretrained(tmp_path / "bare")
     model, tokenizer = artifact.load_model(str(tmp_path / "bare"))
     assert tokenizer is None and model.config.model_type == "bert"
+
+
+@pytest.mark.parametrize("argv, target, says", [
+    (["prune", "M", "--sparsity", "0.5", "--out", "O"], "prunelab.artifact.prune", "nothing was written (O is unchanged)"),
+    (["finetune", "M", "--task", "rte", "--out", "O"], "prunelab.pipelines.finetune.finetune",
+     "O keeps what was finished: run the same command with --resume to continue"),
+    (["pretrain", "M", "--corpus", "c.txt", "--steps", "2", "--sparsity", "0.5", "--out", "O"],
+     "prunelab.pipelines.pretrain.pretrain", "--resume to continue"),
+    (["study", "run", "s.toml", "--out", "O"], "prunelab.study.spec.load_spec", "finished runs are kept in O"),
+])
+def test_ctrl_c_says_what_is_true_of_the_output(monkeypatch, capsys, argv, target, says):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module, _, name = target.rpartition(".")
+    monkeypatch.setattr(__import__(module, fromlist=[name]), name, interrupted)
+    if argv[0] == "prune":
+        monkeypatch.setattr("prunelab.cli.prune_cmd.prune", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert says in err and "nothing was written" not in err.replace("nothing was written (O", "") and err.count("\n") == 1

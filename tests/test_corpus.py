@@ -2,7 +2,7 @@ import pytest
 
 from glue_fixtures import save_tiny, write_corpus
 from prunelab.artifact import load_model
-from prunelab.corpus import read_corpus, special_tokens, split_dev, to_blocks
+from prunelab.data.corpus import read_corpus, special_tokens, split_dev, to_blocks
 
 
 def test_blocks_have_exact_length_and_special_tokens(tmp_path):

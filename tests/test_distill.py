@@ -11,11 +11,11 @@ from conftest import CONFIGS
 from glue_fixtures import glue_dir, save_tiny  # noqa: F401 (fixture)
 from prunelab import load_masks
 from prunelab.cli import main
-from prunelab.glue import get_task
-from prunelab.distill import DistillWeights, attention_loss, distill_terms, hidden_loss, layer_map, logits_loss, total_loss
-from prunelab.training import distill as training_distill
-from prunelab.training.distill import DistillConfig, _DistillTrainer, distill_prune
-from prunelab.training.run import training_arguments
+from prunelab.data.glue import get_task
+from prunelab.methods.kd_losses import DistillWeights, attention_loss, distill_terms, hidden_loss, layer_map, logits_loss, total_loss
+from prunelab.pipelines import distill_prune as training_distill
+from prunelab.pipelines.distill_prune import DistillConfig, _DistillTrainer, distill_prune
+from prunelab.pipelines.common import training_arguments
 
 FAST = dict(lrs=[1e-3], epochs=2, batch_size=4, max_seq_len=16, logging_steps=1, prune_every=2, progress=False)
 

@@ -3,7 +3,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from glue_fixtures import FOLDERS, glue_dir  # noqa: F401 (fixture)
-from prunelab.glue import TASKS, compute_metrics, get_task, load_task, read_split
+from prunelab.data.glue import TASKS, compute_metrics, get_task, load_task, read_split
 
 
 @pytest.mark.parametrize("folder", FOLDERS)

@@ -5,8 +5,8 @@ import types
 
 import pytest
 
-from prunelab.corpus import read_hub_corpus
-from prunelab.glue import get_task, load_task
+from prunelab.data.corpus import read_hub_corpus
+from prunelab.data.glue import get_task, load_task
 
 
 class FakeRows:

@@ -6,7 +6,7 @@ from transformers import AutoModel
 
 from conftest import CONFIGS, MODEL_TYPES, batch, tiny_model
 from prunelab.cli import main
-from prunelab.layerdrop import choose_by_contribution, contribution_scores, drop_layers, layers_to_drop, num_layers
+from prunelab.methods.layer_drop import choose_by_contribution, contribution_scores, drop_layers, layers_to_drop, num_layers
 
 
 @pytest.mark.parametrize("strategy, expected", [

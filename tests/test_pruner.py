@@ -81,7 +81,7 @@ def test_enforced_masks_hold_through_every_optimizer_step(setting, schedule, att
 
     train(model, pruner, opt, 20, check=check, **opt_kwargs)
     exact = sum(round(0.6 * t.numel) for t in pruner.targets)  # matrix scope rounds per target
-    assert pruner.report()["overall"]["zeros"] >= exact
+    assert pruner.sparsity_report()["overall"]["zeros"] >= exact
     assert sum(int((~m).sum()) for m in pruner.masks.values()) == exact
     if schedule == "cubic":  # sparsity rose in steps and was held after end_step
         assert seen_updates[0] < seen_updates[5] < seen_updates[11] == seen_updates[-1]
@@ -93,10 +93,10 @@ def test_free_mode_zeroes_then_lets_weights_regrow():
     model = tiny_model("bert", "mlm").train()
     pruner = Pruner(model, PruningConfig(sparsity=0.5, mode="free"))
     pruner.step(0)
-    assert pruner.report()["overall"]["sparsity"] >= 0.5  # information deleted at the start
+    assert pruner.sparsity_report()["overall"]["sparsity"] >= 0.5  # information deleted at the start
     train(model, pruner, torch.optim.AdamW(model.parameters(), lr=1e-2), 5)
     assert not pruned_weights_are_zero(pruner)  # free to regrow
-    assert pruner.report()["overall"]["sparsity"] < 0.1
+    assert pruner.sparsity_report()["overall"]["sparsity"] < 0.1
 
 
 def test_regrow_reselects_from_all_weights():

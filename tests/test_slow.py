@@ -53,7 +53,7 @@ def shared_data():
 def test_minilm_finetunes_on_real_sst2_dense_and_50_percent_pruned(tmp_path):
     import json
 
-    from prunelab.training.finetune import FinetuneConfig, finetune
+    from prunelab.pipelines.finetune import FinetuneConfig, finetune
 
     data = shared_data()
     assert main(["prune", "minilm", "--sparsity", "0.5", "--out", str(tmp_path / "p50")]) == 0

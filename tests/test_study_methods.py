@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from prunelab.artifact import load_artifact
+from prunelab.artifact import from_pretrained as load_artifact
 from prunelab.cli import main
 from prunelab.study.plan import expand
 from prunelab.study.runner import study_status

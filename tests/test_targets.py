@@ -72,7 +72,7 @@ def test_unknown_model_type_lists_supported():
 def test_kinds_constant_covers_table():
     from prunelab.targets import ARCHITECTURES
 
-    assert {k for table in ARCHITECTURES.values() for k in table} <= set(KINDS)
+    assert {k for arch in ARCHITECTURES.values() for k in arch.targets} <= set(KINDS)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

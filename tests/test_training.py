@@ -10,9 +10,9 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 from glue_fixtures import FOLDERS, glue_dir, save_tiny, write_corpus  # noqa: F401 (fixture)
 from prunelab import load_masks
 from prunelab.cli import main
-from prunelab.glue import get_task
-from prunelab.training.finetune import FinetuneConfig, finetune
-from prunelab.training.pretrain import PretrainConfig, _warm_up_head, pretrain
+from prunelab.data.glue import get_task
+from prunelab.pipelines.finetune import FinetuneConfig, finetune
+from prunelab.pipelines.pretrain import PretrainConfig, _warm_up_head, pretrain
 
 FAST = dict(batch_size=4, max_seq_len=16, logging_steps=1)
 
@@ -86,9 +86,9 @@ def test_model_without_mlm_head_warns_and_warms_the_head_up(tmp_path):
 
 def test_head_warm_up_leaves_the_encoder_untouched(tmp_path):
     from prunelab.artifact import load_model
-    from prunelab.corpus import read_corpus, to_blocks
-    from prunelab.training.pretrain import _collate
-    from prunelab.training.run import ListDataset
+    from prunelab.data.corpus import read_corpus, to_blocks
+    from prunelab.pipelines.pretrain import _collate
+    from prunelab.pipelines.common import ListDataset
     from transformers import DataCollatorForLanguageModeling
 
     model_dir = save_tiny(tmp_path / "bare", head="base")
@@ -113,7 +113,8 @@ def test_finetune_every_task_reports_its_official_metrics(tmp_path, glue_dir, fo
                                       data_dir=str(glue_dir), lrs=[1e-3], epochs=1, **FAST))
     assert set(metrics["dev"]) == set(task.dev_splits)
     for figures in metrics["dev"].values():
-        assert set(task.metrics) | {"score", "loss"} == set(figures)
+        accuracy = set() if task.is_regression else {"accuracy"}  # every classifier's, for the paper's metrics
+        assert set(task.metrics) | {"score", "loss"} | accuracy == set(figures)
     assert metrics["train_loss_full"] > 0 and metrics["train_examples"] == 16
 
 
@@ -209,26 +210,28 @@ def test_pretrain_cli_errors(tmp_path, capsys):
     assert "none.txt not found" in capsys.readouterr().err
 
 
-def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, glue_dir):  # noqa: F811
+def torchrun(*argv) -> "subprocess.CompletedProcess":
+    """``python -m torch.distributed.run --nproc-per-node 2 -m prunelab ARGV`` on a free port (CPU, gloo)."""
+    import socket
     import subprocess
     import sys
-
-    model = save_tiny(tmp_path / "m")
-    pruned = tmp_path / "pruned"
-    assert main(["prune", str(model), "--sparsity", "0.5", "--out", str(pruned)]) == 0
-    out = tmp_path / "ddp"
-    import socket
 
     with socket.socket() as s:  # a free port: the default 29500 may be taken (e.g. by a Ray instance)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-         "-m", "prunelab", "finetune", str(pruned),
-         "--task", "rte", "--data-dir", str(glue_dir), "--lr", "1e-3", "--epochs", "1", "--batch-size", "4",
-         "--max-seq-len", "16", "--out", str(out), "--save-model"],
-        capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+                             "-m", "prunelab", *map(str, argv)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, glue_dir):  # noqa: F811
+    model = save_tiny(tmp_path / "m")
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(model), "--sparsity", "0.5", "--out", str(pruned)]) == 0
+    out = tmp_path / "ddp"
+    result = torchrun("finetune", pruned, "--task", "rte", "--data-dir", glue_dir, "--lr", "1e-3", "--epochs", "1",
+                      "--batch-size", "4", "--max-seq-len", "16", "--out", out, "--save-model")
     assert result.stdout.count("rte (masks held (pruned))") == 1  # one summary, from the main process
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["runs"][0]["steps"] == 2  # 16 examples / (2 ranks x batch 4): the data was split
@@ -237,6 +240,26 @@ def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, gl
     tuned = AutoModelForSequenceClassification.from_pretrained(out / "model")
     for name, mask in load_masks(pruned / "masks.safetensors").items():
         assert bool((tuned.bert.get_parameter(name)[~mask] == 0).all())
+
+
+def test_torchrun_step_budget_counts_the_ranks(tmp_path, glue_dir):  # noqa: F811
+    """16 examples on 2 ranks at batch 4 are 2 optimizer steps per epoch, not 4: pruning after 1 of 2 epochs
+    happens at step 2 (half-way), and adapt's sparsity ramp over all of training ends at the last step."""
+    model = save_tiny(tmp_path / "m")
+    common = ("--task", "rte", "--data-dir", glue_dir, "--lr", "1e-3", "--batch-size", "4", "--max-seq-len", "16",
+              "--logging-steps", "1")
+    torchrun("finetune", model, *common, "--epochs", "1", "--prune-after-epochs", "1", "--sparsity", "0.5",
+             "--out", tmp_path / "after")
+    run = json.loads((tmp_path / "after" / "metrics.json").read_text())["runs"][0]
+    history = json.loads((tmp_path / "after" / "lr-0.001" / "log_history.json").read_text())["log_history"]
+    sparsity = {e["step"]: e["pruning/sparsity"] for e in history if "pruning/sparsity" in e}
+    assert run["steps"] == 4 and sparsity[1] == 0.0 and sparsity[2] == pytest.approx(0.5, abs=2e-3)
+
+    torchrun("adapt", model, *common, "--epochs", "2", "--sparsity", "0.5", "--ramp", "1", "--out", tmp_path / "adapt")
+    history = json.loads((tmp_path / "adapt" / "lr-0.001" / "log_history.json").read_text())["log_history"]
+    target = {e["step"]: e["adapt/target_sparsity"] for e in history if "adapt/target_sparsity" in e}
+    assert max(target) == 4 and target[4] == pytest.approx(0.5)  # the ramp ends at the last real step
+    assert target[2] == pytest.approx(0.5 * (1 - 0.5**3))  # half-way along the cubic
 
 
 def test_finetune_loss_is_divided_by_gradient_accumulation_once(tmp_path, glue_dir):  # noqa: F811

@@ -1,15 +1,37 @@
-"""prunelab: prune pretrained transformer encoders and measure what pruning does to transfer learning."""
+"""prunelab: prune pretrained transformer encoders and measure what pruning does to transfer learning.
+
+The package, by folder: the pruning core at the top (``targets``, ``scores``, ``select``, ``schedules``,
+``pruner``, ``optimizer_state``, ``sparsity``, ``config``, ``masks_io``), artifacts (``artifact``) and the
+atomic writer (``io``); ``integrations`` (the HF Trainer callbacks), ``methods`` (layer dropping, learned masks,
+distillation losses), ``data`` (GLUE, corpora), ``pipelines`` (one training story per command), ``study`` (the
+experiment grid), ``analysis`` (what pruning removes) and ``cli``.
+"""
 
 __version__ = "0.1.0"
 
 from .config import PruningConfig  # noqa: E402
-from .pruner import Pruner, load_masks, save_masks  # noqa: E402
-from .report import sparsity_report  # noqa: E402
+from .masks_io import load_masks, save_masks  # noqa: E402
+from .pruner import Pruner  # noqa: E402
 from .schedules import is_update_step, sparsity_at  # noqa: E402
 from .select import compute_masks  # noqa: E402
+from .sparsity import sparsity_report  # noqa: E402
 from .targets import ARCHITECTURES, KINDS, Target, resolve_targets  # noqa: E402
 
+# Loaded on first use: they import transformers' model and Trainer code (seconds), which the core does not need.
+_LAZY = {"from_pretrained": "artifact", "prune": "artifact", "save_artifact": "artifact",
+         "PruningCallback": "integrations.hf_trainer", "attach": "integrations.hf_trainer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'prunelab' has no attribute {name!r}")
+
+
 __all__ = [
-    "ARCHITECTURES", "KINDS", "Pruner", "PruningConfig", "Target", "compute_masks", "is_update_step",
-    "load_masks", "resolve_targets", "save_masks", "sparsity_at", "sparsity_report",
+    "ARCHITECTURES", "KINDS", "Pruner", "PruningCallback", "PruningConfig", "Target", "attach", "compute_masks",
+    "from_pretrained", "is_update_step", "load_masks", "prune", "resolve_targets", "save_artifact", "save_masks",
+    "sparsity_at", "sparsity_report",
 ]

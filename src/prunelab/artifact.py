@@ -1,4 +1,4 @@
-"""Loading models and writing pruned artifacts.
+"""Pruned artifacts: loading every kind of model prunelab reads, and writing a pruned model with its masks.
 
 A pruned artifact is a directory holding:
     * the model, written by ``save_pretrained`` with the zeros baked in (plain ``AutoModel.from_pretrained``
@@ -6,25 +6,27 @@ A pruned artifact is a directory holding:
     * the tokenizer, when the source has one,
     * ``masks.safetensors``: the keep masks (bool, True = kept), keyed by target name,
     * ``prunelab.json``: the resolved config, versions, source and the sparsity report.
-It is written into a temporary sibling and renamed into place, so an interrupted run leaves no
-half-written directory.
+It is written into a temporary sibling and swapped into place (``io.atomic_directory``), so an interrupted
+run leaves no half-written directory, and the next run finishes or undoes an interrupted replacement.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .config import PruningConfig, dumps, versions
-from .pruner import MASKS_FILE, Pruner, load_masks, save_masks
-from .targets import resolve_targets, supported_model_types
+from .config import PruningConfig, versions
+from .io import atomic_directory, read_json, recover_directory, write_json
+from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
+from .pruner import Pruner
+from .sparsity import sparsity_report
+from .targets import kind_and_layer, resolve_targets, supported_model_types
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,27 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
+def load_config(model: str, *, trust_remote_code: bool = False) -> tuple[str, object]:
+    """The local path (or hub id) and the config of `model`, checked: it exists and its model type is supported.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: an unreadable config, an unsupported ``model_type``, a hub id while the hub is unreachable.
+    """
+    path = resolve_model_path(model)
+    if not os.path.isdir(path) and (os.path.exists(path) or _looks_like_path(path)):
+        raise FileNotFoundError(f"model {model!r} is not a directory; pass a model directory, a hub id or 'minilm'")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        where = ("directory" if os.path.isdir(path) else
+                 "hub id (no such local path either; a hub id needs network access to the Hugging Face hub)")
+        raise ValueError(f"cannot read model {model!r} as a {where}: {_first_line(err)}") from None
+    if config.model_type not in supported_model_types():
+        raise ValueError(f"unsupported model_type {config.model_type!r} in {model!r}; supported: {', '.join(supported_model_types())}")
+    return path, config
+
+
 def load_model(model: str, *, model_class=None, trust_remote_code: bool = False, **kwargs) -> tuple[torch.nn.Module, object | None]:
     """Load `model` (local directory, hub id or alias) and its tokenizer.
 
@@ -64,16 +87,7 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
         FileNotFoundError: a local path that does not exist.
         ValueError: unreadable or corrupt model, unsupported ``model_type``, hub not reachable.
     """
-    path = resolve_model_path(model)
-    if not os.path.isdir(path) and (os.path.exists(path) or _looks_like_path(path)):
-        raise FileNotFoundError(f"model {model!r} is not a directory; pass a model directory, a hub id or 'minilm'")
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        where = "directory" if os.path.isdir(path) else "hub id (needs network access to the Hugging Face hub)"
-        raise ValueError(f"cannot read model {model!r} as a {where}: {_first_line(err)}") from None
-    if config.model_type not in supported_model_types():
-        raise ValueError(f"unsupported model_type {config.model_type!r} in {model!r}; supported: {', '.join(supported_model_types())}")
+    path, config = load_config(model, trust_remote_code=trust_remote_code)
     if model_class is None:
         architecture = (getattr(config, "architectures", None) or [None])[0]
         model_class = getattr(transformers, architecture, None) if architecture else None
@@ -82,9 +96,17 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
     for key, value in kwargs.items():  # e.g. num_labels, problem_type
         setattr(config, key, value)
     try:
-        loaded = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
+        loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                      output_loading_info=True)
     except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint
         raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
+    _check_targets_loaded(model, loaded, loading)
+    return loaded, load_tokenizer(model, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False):
+    """The tokenizer in `source` (a model or tokenizer directory, hub id or alias), or ``None`` when it has none."""
+    path = resolve_model_path(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception:  # a model without tokenizer files is still prunable
@@ -93,18 +115,40 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
     if tokenizer is not None and len(tokenizer) <= len(set(tokenizer.all_special_ids)):
         tokenizer = None
     if tokenizer is None:
-        logger.info("no tokenizer found for %s", model)
-    return loaded, tokenizer
+        logger.info("no tokenizer found for %s", source)
+    return tokenizer
+
+
+def _check_targets_loaded(model: str, loaded, loading: dict) -> None:
+    """A prunable weight the checkpoint lacks (transformers would initialise it at random) or holds beyond the
+    model is an error. The pooler is the exception: a head class may add a fresh one to a checkpoint without."""
+    def target_kind(key: str) -> str | None:
+        for candidate in (key, key.partition(".")[2]):  # with or without the head class's prefix (``bert.``)
+            kind, _ = kind_and_layer(candidate)
+            if kind is not None:
+                return kind
+        return None
+
+    for what in ("missing_keys", "unexpected_keys"):
+        bad = sorted(k for k in loading.get(what, ()) if target_kind(k) not in (None, "pooler"))
+        if bad:
+            how = "lacks" if what == "missing_keys" else "holds, beyond what its config.json describes,"
+            raise ValueError(f"checkpoint {model!r} {how} the prunable weight {bad[0]!r}"
+                             + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                             + "; it is partial or does not match its config: re-save it with save_pretrained")
 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early if `out` exists and is not an empty directory (unless `overwrite`)."""
+    """Fail early unless `out` can be written: absent, an empty directory, or a directory and `overwrite`.
+
+    First finishes or undoes a replacement of `out` that a killed run left behind (``io.recover_directory``).
+    """
     out = Path(out)
-    if out.exists() and not overwrite:
-        if not out.is_dir():
-            raise FileExistsError(f"output {out} exists and is not a directory; choose another --out")
-        if any(out.iterdir()):
-            raise FileExistsError(f"output directory {out} is not empty; choose another --out or pass --overwrite")
+    recover_directory(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output {out} exists and is not a directory; choose another --out")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise FileExistsError(f"output directory {out} is not empty; choose another --out or pass --overwrite")
     return out
 
 
@@ -112,27 +156,60 @@ def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor] | None, info:
     """Write a pruned artifact to `out` atomically (see the module docstring for its files); `masks=None`
     writes none (e.g. a model with layers dropped)."""
     out = check_out_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if masks is not None:
             save_masks(masks, tmp / MASKS_FILE)
-        (tmp / INFO_FILE).write_text(dumps(info))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / INFO_FILE, info)
     return out
+
+
+class LoadedArtifact(NamedTuple):
+    """What ``from_pretrained`` returns: the model, its tokenizer (or ``None``), its keep masks (``None`` for a
+    model saved without masks) and its ``prunelab.json`` (``{}`` when absent)."""
+
+    model: torch.nn.Module
+    tokenizer: object | None
+    masks: dict[str, torch.Tensor] | None
+    info: dict
+
+
+def from_pretrained(model: str | os.PathLike, model_class=None, **config) -> LoadedArtifact:
+    """Load any model prunelab reads (a pruned artifact, a model directory, a hub id or an alias) with its masks.
+
+    Args:
+        model: Where to load from.
+        model_class: A ``transformers`` class (e.g. ``AutoModelForSequenceClassification``); by default the one
+            its config names, else ``AutoModel``.
+        config: Config attributes to set before loading, e.g. ``num_labels``.
+    """
+    loaded, tokenizer = load_model(str(model), model_class=model_class, **config)
+    masks, info = saved_masks(str(model))
+    return LoadedArtifact(loaded, tokenizer, masks, info)
+
+
+def saved_masks(model: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """The keep masks and ``prunelab.json`` saved with an artifact (``None, {}`` for a plain model)."""
+    path = Path(resolve_model_path(model))
+    info = read_json(path / INFO_FILE, "artifact info") if (path / INFO_FILE).is_file() else {}
+    masks = load_masks(path / MASKS_FILE) if (path / MASKS_FILE).is_file() else None
+    return masks, info
+
+
+def mask_selection(model, saved_config: dict, masks: dict | None) -> dict:
+    """include/exclude/layers that resolve, on `model`, to the targets an artifact's `masks` cover.
+
+    A kind the masks do not cover at all (e.g. the pooler a classifier adds to an MLM checkpoint, freshly
+    initialised) is excluded; a partial mismatch is left for the Pruner to reject.
+    """
+    selection = {k: saved_config[k] for k in ("include", "exclude", "layers") if saved_config.get(k) is not None}
+    if masks:
+        targets = resolve_targets(model, selection.get("include"), selection.get("exclude"), selection.get("layers"))
+        uncovered = {t.kind for t in targets} - {t.kind for t in targets if t.name in masks}
+        selection["exclude"] = sorted(set(selection.get("exclude", [])) | uncovered)
+    return selection
 
 
 def prune(model: str, config: PruningConfig, out: str | os.PathLike, *, overwrite: bool = False) -> dict:
@@ -151,19 +228,10 @@ def prune(model: str, config: PruningConfig, out: str | os.PathLike, *, overwrit
         "model_class": type(loaded).__name__,
         "config": config.to_dict(),
         "versions": versions(),
-        "report": pruner.report(),
+        "report": pruner.sparsity_report(),
     }
     save_artifact(loaded, tokenizer, pruner.masks, info, out, overwrite=overwrite)
     return info
-
-
-def load_artifact(directory: str | os.PathLike) -> tuple[torch.nn.Module, object | None, dict[str, torch.Tensor], dict]:
-    """Load a pruned artifact: ``(model, tokenizer, masks, info)``."""
-    directory = Path(directory)
-    model, tokenizer = load_model(str(directory))
-    masks = load_masks(directory / MASKS_FILE)
-    info = json.loads((directory / INFO_FILE).read_text()) if (directory / INFO_FILE).is_file() else {}
-    return model, tokenizer, masks, info
 
 
 def inspect(model: str, include: str | None = None, exclude: str | None = None) -> dict:
@@ -171,12 +239,11 @@ def inspect(model: str, include: str | None = None, exclude: str | None = None) 
 
     When `model` is a pruned artifact, each row also carries its ``mask_sparsity``.
     """
-    from .report import sparsity_report
-
-    loaded, _ = load_model(model)
+    loaded, _, masks, info = from_pretrained(model)
+    if masks is not None:  # masks of the artifact's own selection of targets, each of its weight's shape
+        check_masks(masks, resolve_targets(loaded, **mask_selection(loaded, info.get("config", {}), masks)),
+                    f"the masks of {model!r}")
     targets = resolve_targets(loaded, include, exclude)
-    mask_path = Path(resolve_model_path(model)) / MASKS_FILE
-    masks = load_masks(mask_path) if mask_path.is_file() else None
     return {"model": model, "model_type": loaded.config.model_type, "model_class": type(loaded).__name__,
             **sparsity_report(loaded, targets, masks)}
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .schedules import SCHEDULES
 from .scores import CRITERIA
 from .select import SCOPES
-from .targets import _parse_kinds
+from .targets import parse_kinds
 
 MODES = ("enforced", "free")
 T = TypeVar("T")
@@ -75,9 +77,9 @@ class PruningConfig:
                     f"initial_sparsity {self.initial_sparsity} exceeds sparsity {self.sparsity}; masks are "
                     "monotone, so the schedule must not decrease (or set regrow=True)"
                 )
-        self.exclude = sorted(_parse_kinds(self.exclude, "exclude"))
+        self.exclude = sorted(parse_kinds(self.exclude, "exclude"))
         if self.include is not None:
-            self.include = sorted(_parse_kinds(self.include, "include"))
+            self.include = sorted(parse_kinds(self.include, "include"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,13 +94,73 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass `cls` from `data`, rejecting unknown keys by name."""
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", section: str | None = None,
+              ranges: bool = True) -> T:
+    """Build dataclass `cls` from `data` (the table `section` of the file `source`, if given) strictly.
+
+    An unknown key, a value of the wrong type, or one outside the range in ``cls.RANGES`` (``{key: (low, high)}``,
+    either ``None``; ``cls.OPEN`` lists keys whose low end is excluded, ``cls.NONEMPTY`` lists that must not be
+    empty) is a ``ValueError`` naming the key, the section and the file. Keys in ``cls.CHECKED`` are left to the
+    class's own ``__post_init__``. ``ranges=False`` checks types only (a record an older prunelab wrote).
+    """
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} in {source}; allowed: {', '.join(sorted(known))}")
+        where = f"[{section}] of {source}" if section else source
+        raise ValueError(f"unknown key {unknown[0]!r} in {where}; allowed: {', '.join(sorted(known))}")
+    for key, value in data.items():
+        if dataclasses.is_dataclass(value) or key in getattr(cls, "CHECKED", ()):
+            continue
+        name = f"[{section}] {key} in {source}" if section else f"{key} in {source}"
+        if not _matches(value, hints[key]):
+            raise ValueError(f"{name} must be {_describe(hints[key])} (got {value!r})")
+        if ranges:
+            _check_range(cls, key, value, name)
     return cls(**data)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` (as read from TOML or JSON) has the type `hint` says: int, float, str, bool, lists, optionals."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is float:  # an int is a float; a bool is not a number here
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return "a list of " + {int: "whole numbers", float: "finite numbers", str: "strings"}.get(args[0], _describe(args[0]))
+    return {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false",
+            type(None): "absent (null)"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_range(cls: type, key: str, value: Any, name: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    if key in getattr(cls, "NONEMPTY", ()) and not values:
+        raise ValueError(f"{name} must not be empty")
+    low, high = getattr(cls, "RANGES", {}).get(key, (None, None))
+    open_low = key in getattr(cls, "OPEN", ())
+    for v in values:
+        if v is None or isinstance(v, (str, bool)):
+            continue
+        if (low is not None and (v <= low if open_low else v < low)) or (high is not None and v > high):
+            bounds = " and ".join(b for b in ((f"{'>' if open_low else '>='} {low:g}" if low is not None else ""),
+                                               (f"<= {high:g}" if high is not None else "")) if b)
+            raise ValueError(f"{name}: {'each value ' if isinstance(value, list) else ''}must be {bounds} (got {value!r})")
 
 
 def versions() -> dict[str, str]:
@@ -109,8 +171,3 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"prunelab": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def dumps(data: dict[str, Any]) -> str:
-    """Sorted, indented JSON: the form every prunelab JSON file is written in."""
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"

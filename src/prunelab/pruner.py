@@ -22,26 +22,24 @@ gradient on a zero first moment gives a zero update, weight decay included; see 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import PruningConfig, dumps
+from .config import PruningConfig
+from .io import read_json, write_json
+from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
 from .optimizer_state import SECOND_MOMENT_FILL, holds_zeros, is_tidy, refill_interval, tidy
-from .report import sparsity_report
+from .sparsity import sparsity_report
 from .schedules import is_update_step, sparsity_at
 from .select import compute_masks, num_to_prune
 from .targets import Target, get_parameter, resolve_targets
 
 logger = logging.getLogger(__name__)
 
-MASKS_FILE = "masks.safetensors"
 STATE_FILE = "pruner_state.json"
 
 
@@ -123,16 +121,7 @@ class Pruner:
 
         `sparsity` is the target the masks were chosen for (``None``: take it from the masks).
         """
-        names = {t.name for t in self.targets}
-        missing, extra = sorted(names - set(masks)), sorted(set(masks) - names)
-        if missing or extra:
-            raise ValueError(
-                f"masks do not match the model's targets: missing {missing[:3]}, unexpected {extra[:3]}; "
-                "were they saved for another architecture or another include/exclude selection?"
-            )
-        for t in self.targets:
-            if tuple(masks[t.name].shape) != t.shape:
-                raise ValueError(f"mask of {t.name!r} has shape {tuple(masks[t.name].shape)}, the weight {t.shape}")
+        check_masks(masks, self.targets)
         previous = self.masks
         self.masks = {t.name: masks[t.name].to(device=self._params[t.name].device, dtype=torch.bool) for t in self.targets}
         self._factors = {}
@@ -253,7 +242,7 @@ class Pruner:
                 out[f"pruning/sparsity/{name}"] = 1.0 - int(m.sum()) / m.numel()
         return out
 
-    def report(self) -> dict:
+    def sparsity_report(self) -> dict:
         """Realized sparsity of the live weights, per target, kind, layer and overall."""
         return sparsity_report(self.model, self.targets, self.masks)
 
@@ -305,7 +294,7 @@ class Pruner:
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         save_masks(state.pop("masks"), directory / MASKS_FILE)
-        _atomic_write_text(directory / STATE_FILE, dumps(state))
+        write_json(directory / STATE_FILE, state)
 
     def load(self, directory: str | os.PathLike) -> None:
         """Restore what ``save`` wrote, so a resumed run continues exactly."""
@@ -313,41 +302,7 @@ class Pruner:
         state_path = directory / STATE_FILE
         if not state_path.is_file():
             raise FileNotFoundError(f"no pruner state in {directory} (expected {STATE_FILE}); was it saved with Pruner.save?")
-        state = json.loads(state_path.read_text())
+        state = read_json(state_path, "pruner state")
         state["masks"] = load_masks(directory / MASKS_FILE) if (directory / MASKS_FILE).is_file() else {}
         self.load_state_dict(state)
 
-
-def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Save keep masks (bool) to a safetensors file, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}, str(tmp),
-              metadata={"format": "prunelab-masks", "convention": "True = kept"})
-    os.replace(tmp, path)
-
-
-def load_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load keep masks saved by ``save_masks``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a valid safetensors file of bool masks.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file {path} does not exist")
-    try:
-        masks = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"mask file {path} is corrupt or not safetensors ({str(err).splitlines()[0]}); re-create it") from None
-    bad = [n for n, m in masks.items() if m.dtype != torch.bool]
-    if bad:
-        raise ValueError(f"mask file {path} holds non-boolean tensor {bad[0]!r}; masks are bool (True = kept)")
-    return masks
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

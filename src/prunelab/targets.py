@@ -4,10 +4,11 @@ The prunable set is the one of Gordon et al. (2020), "Compressing BERT": in ever
 value, attention-output, FFN-in and FFN-out weight matrices, plus the word embeddings and the pooler
 where the model has them. Biases, LayerNorms, position/type embeddings and task heads are never pruned.
 
-Architecture knowledge is data: ``ARCHITECTURES`` maps ``config.model_type`` to regular expressions over
-parameter names *relative to the base model* (``model.base_model``), so the same table serves
-``AutoModel``, ``...ForMaskedLM`` and ``...ForSequenceClassification`` alike, and heads are excluded by
-construction. A ``(\\d+)`` group in a pattern captures the layer index.
+Architecture knowledge is data, in one place: ``ARCHITECTURES`` maps ``config.model_type`` to an
+``Architecture``: regular expressions over parameter names *relative to the base model* (``model.base_model``)
+per kind, so the same table serves ``AutoModel``, ``...ForMaskedLM`` and ``...ForSequenceClassification``
+alike and heads are excluded by construction (a ``(\\d+)`` group captures the layer index); where the stack of
+layers is and which config attribute counts them. Layer dropping and the analyses read it too.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _BERT_LIKE = {
     "pooler": r"pooler\.dense\.weight",
 }
 
-ARCHITECTURES: dict[str, dict[str, str]] = {
+_TARGETS: dict[str, dict[str, str]] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,  # ELECTRA has no pooler; an absent optional kind is fine.
@@ -66,6 +67,31 @@ ARCHITECTURES: dict[str, dict[str, str]] = {
         "ffn_out": r"layer\.(\d+)\.ff\.layer_2\.weight",
         "embeddings": r"word_embedding\.weight",
     },
+}
+
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What prunelab knows of one ``model_type``.
+
+    Attributes:
+        targets: Kind -> regular expression over parameter names relative to the base model.
+        layers: Path of the ``ModuleList`` of transformer layers inside the base model.
+        num_layers_attr: The config attribute holding the number of layers.
+    """
+
+    targets: dict[str, str]
+    layers: str
+    num_layers_attr: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": Architecture(_TARGETS["bert"], "encoder.layer", "num_hidden_layers"),
+    "roberta": Architecture(_TARGETS["roberta"], "encoder.layer", "num_hidden_layers"),
+    "electra": Architecture(_TARGETS["electra"], "encoder.layer", "num_hidden_layers"),
+    "distilbert": Architecture(_TARGETS["distilbert"], "transformer.layer", "n_layers"),
+    "xlnet": Architecture(_TARGETS["xlnet"], "layer", "n_layer"),
 }
 
 # Kinds every supported model must resolve; a table entry that matches none of them is a bug, not a model.
@@ -103,7 +129,34 @@ def supported_model_types() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-def _base_prefix(model: nn.Module) -> tuple[nn.Module, str]:
+def architecture(model: nn.Module) -> Architecture:
+    """The table entry of `model`'s ``config.model_type``.
+
+    Raises:
+        ValueError: an unsupported model type, naming the supported ones.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
+    return ARCHITECTURES[model_type]
+
+
+def num_heads(model: nn.Module) -> int:
+    """Attention heads per layer (transformers maps ``num_attention_heads`` to ``n_heads``/``n_head``)."""
+    return int(model.config.num_attention_heads)
+
+
+def kind_and_layer(name: str) -> tuple[str | None, int | None]:
+    """Kind and layer of a target name by the architecture table (``(None, None)`` if no entry matches)."""
+    for arch in ARCHITECTURES.values():
+        for kind, pattern in arch.targets.items():
+            match = re.fullmatch(pattern, name)
+            if match:
+                return kind, int(match.group(1)) if match.groups() else None
+    return None, None
+
+
+def base_model(model: nn.Module) -> tuple[nn.Module, str]:
     """The base encoder of `model` and the prefix of its parameter names inside `model`."""
     base = getattr(model, "base_model", model)
     if base is model:
@@ -114,7 +167,7 @@ def _base_prefix(model: nn.Module) -> tuple[nn.Module, str]:
     raise ValueError(f"cannot locate the base model of {type(model).__name__} among its children")
 
 
-def _parse_kinds(kinds: str | list[str] | tuple[str, ...] | None, what: str) -> set[str]:
+def parse_kinds(kinds: str | list[str] | tuple[str, ...] | None, what: str) -> set[str]:
     if kinds is None:
         return set()
     items = kinds.split(",") if isinstance(kinds, str) else list(kinds)
@@ -146,15 +199,11 @@ def resolve_targets(
     Raises:
         ValueError: unknown model type or kind, a layer that does not exist, or a selection that is empty.
     """
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ARCHITECTURES:
-        raise ValueError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
-        )
-    include_set, exclude_set = _parse_kinds(include, "include"), _parse_kinds(exclude, "exclude")
-    table = {kind: re.compile(pattern) for kind, pattern in ARCHITECTURES[model_type].items()}
-    base, prefix = _base_prefix(model)
+    arch = architecture(model)
+    model_type = model.config.model_type
+    include_set, exclude_set = parse_kinds(include, "include"), parse_kinds(exclude, "exclude")
+    table = {kind: re.compile(pattern) for kind, pattern in arch.targets.items()}
+    base, prefix = base_model(model)
 
     found: list[Target] = []
     for name, param in base.named_parameters():  # tied parameters appear once, under their first name

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import contextmanager
-from importlib import resources
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..select import compute_masks
-from ..targets import ARCHITECTURES, Target, get_parameter, resolve_targets
+from ..targets import Target, get_parameter, resolve_targets
 
 logger = logging.getLogger(__name__)
 
 ATTENTION_KINDS = ("query", "key", "value", "attention_output", "relative_position")
-SAMPLE_TEXT = "sample.txt"
 
 
 def parse_sparsity(value: float, what: str = "sparsity") -> float:
@@ -104,21 +100,6 @@ def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str
     return pairs
 
 
-def describe(name: str) -> tuple[str | None, int | None]:
-    """Kind and layer of a target name by the architecture tables (``(None, None)`` if no table matches)."""
-    for table in ARCHITECTURES.values():
-        for kind, pattern in table.items():
-            match = re.fullmatch(pattern, name)
-            if match:
-                return kind, int(match.group(1)) if match.groups() else None
-    return None, None
-
-
-def num_heads(model: nn.Module) -> int:
-    """Attention heads per layer (``num_attention_heads`` is mapped to ``n_heads``/``n_head`` by transformers)."""
-    return int(model.config.num_attention_heads)
-
-
 def split_heads(weight: torch.Tensor, kind: str, heads: int) -> torch.Tensor:
     """View an attention weight as one slice per head.
 
@@ -140,26 +121,3 @@ def split_heads(weight: torch.Tensor, kind: str, heads: int) -> torch.Tensor:
     if kind == "attention_output":  # (d_model, heads * d_head): heads are the input columns
         return weight.reshape(out_dim, heads, in_dim // heads).permute(1, 2, 0)
     return weight.reshape(heads, out_dim // heads, in_dim)
-
-
-def load_texts(path: str | Path | None = None, max_texts: int | None = None) -> list[str]:
-    """Non-empty lines of a text file, or of the sample shipped with prunelab when `path` is None.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: the file holds no text, or `max_texts` < 1.
-    """
-    if max_texts is not None and max_texts < 1:
-        raise ValueError(f"max_texts {max_texts} must be at least 1")
-    if path is None:
-        text, where = resources.files(__package__).joinpath(SAMPLE_TEXT).read_text(encoding="utf-8"), "the packaged sample"
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"text file {str(path)!r} does not exist; pass a file with one text per line, "
-                                    "or omit --text to use the packaged sample")
-        text, where = path.read_text(encoding="utf-8", errors="replace"), str(path)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"text file {where!r} holds no text; pass a file with one text per line")
-    return lines[:max_texts] if max_texts else lines

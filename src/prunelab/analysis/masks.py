@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from ..artifact import load_model, resolve_model_path
-from ..pruner import MASKS_FILE, load_masks
-from ..targets import KINDS
-from .common import check_same_architecture, describe, magnitude_masks, parse_sparsity
+from ..masks_io import MASKS_FILE, load_masks
+from ..targets import KINDS, kind_and_layer
+from .common import check_same_architecture, magnitude_masks, parse_sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def mask_difference(masks_a: dict[str, torch.Tensor], masks_b: dict[str, torch.T
             raise ValueError(f"mask {name!r} has shape {tuple(a.shape)} in the first set and {tuple(b.shape)} in the "
                              "second; compare masks of the same architecture")
         counts = [a.numel() - int(a.sum()), b.numel() - int(b.sum()), int((~a & b).sum()), int((a & ~b).sum()), a.numel()]
-        kind, layer = describe(name)
+        kind, layer = kind_and_layer(name)
         rows.append({"name": name, "kind": kind, "layer": layer, **_counts(*counts)})
         for bucket in (kinds.setdefault(kind or "other", [0, 0, 0, 0, 0]), total):
             for i, c in enumerate(counts):

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..select import compute_masks
-from ..targets import KINDS, Target, get_parameter, resolve_targets
-from .common import ATTENTION_KINDS, check_tokenizer, num_heads, parse_sparsity, split_heads, target_weights
+from ..targets import KINDS, Target, get_parameter, num_heads, resolve_targets
+from .common import ATTENTION_KINDS, check_tokenizer, parse_sparsity, split_heads, target_weights
 
 logger = logging.getLogger(__name__)
 

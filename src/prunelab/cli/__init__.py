@@ -13,6 +13,13 @@ from . import adapt_cmd, analyze_cmd, distill_cmd, drop_layers_cmd, finetune_cmd
 
 COMMANDS = (inspect_cmd, prune_cmd, pretrain_cmd, finetune_cmd, adapt_cmd, distill_cmd, study_cmd, analyze_cmd, drop_layers_cmd)
 USER_ERRORS = (ValueError, KeyError, OSError)
+# What an interrupted command leaves behind; commands not named here write nothing, or write atomically.
+_RESUMABLE = "interrupted; {out} keeps what was finished: run the same command with --resume to continue"
+INTERRUPTED = {
+    "pretrain": _RESUMABLE, "finetune": _RESUMABLE, "adapt": _RESUMABLE, "distill-prune": _RESUMABLE,
+    "study": "interrupted; finished runs are kept in {out}: run the same command again to continue",
+    "analyze": "interrupted; {out} may hold some of the analysis's files (each one complete)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunelab {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"prunelab {args.command}: interrupted; nothing was written", file=sys.stderr)
+        print(f"prunelab {args.command}: {interrupted_message(args)}", file=sys.stderr)
         return 130
+
+
+def interrupted_message(args) -> str:
+    """What is true of the output after Ctrl-C in `args.command`."""
+    if args.command == "study" and args.study_command != "run":
+        return "interrupted; nothing was written"
+    message = INTERRUPTED.get(args.command, "interrupted; nothing was written ({out} is unchanged)")
+    return message.format(out=getattr(args, "out", None) or "the output")
 
 
 if __name__ == "__main__":

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from ..layerdrop import STRATEGIES
+from ..methods.layer_drop import STRATEGIES
+from .options import add_model, add_out, ints
 
 
 def register(sub) -> None:
     p = sub.add_parser("drop-layers", help="remove whole transformer layers (top, bottom, alternate, symmetric, contribution)")
-    p.add_argument("model", help="model directory, hub id, or 'minilm'")
+    add_model(p)
     p.add_argument("--strategy", choices=STRATEGIES, help="which layers to drop (or give --layers)")
     p.add_argument("--count", type=int, help="how many layers to drop")
     p.add_argument("--layers", help="explicit comma-separated 0-based layers to drop, instead of --strategy")
     p.add_argument("--threshold", type=float, help="contribution: drop every layer whose [CLS] cosine similarity exceeds this")
     p.add_argument("--text", help="contribution: text file, one text per line (default: the sample shipped with prunelab)")
-    p.add_argument("--out", required=True, help="output directory (must be absent or empty)")
-    p.add_argument("--overwrite", action="store_true")
+    add_out(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..layerdrop import drop_and_save
+    from ..pipelines.drop_layers import drop_and_save
 
-    layers = None
-    if args.layers:
-        try:
-            layers = [int(x) for x in args.layers.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--layers {args.layers!r} is not a comma-separated list of integers, e.g. 9,10,11") from None
+    layers = ints(args.layers, "--layers", example="9,10,11")
     if (layers is None) == (args.strategy is None):
         raise ValueError("give either --strategy (with --count or, for contribution, --threshold) or --layers")
     info = drop_and_save(args.model, args.out, strategy=args.strategy, count=args.count, layers=layers,

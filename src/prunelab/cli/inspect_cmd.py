@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from ..artifact import inspect
+from .options import add_model
 
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show the prunable targets of a model and their sparsity")
-    p.add_argument("model", help="model directory, hub id, or 'minilm' (the packaged MiniLM-L6)")
+    add_model(p)
     p.add_argument("--include", help="comma-separated kinds to show (default: all)")
     p.add_argument("--exclude", help="comma-separated kinds to hide")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -18,8 +18,8 @@ Regimes that start from the dense pre-trained model and reach sparsity s while l
                               fine-tuned on the task (best of the learning-rate grid), one per task x seed
     pruned_during_finetuning  the same pruning and budget without the teacher (the distill baseline)
 
-A new regime is one planner function and one line in ``REGIMES``; a new kind of run is one line in ``KINDS``
-here and one executor in ``execute.KINDS``.
+A new regime is one planner function and one line in ``REGIMES``; a new kind of run is one function and one
+line in ``run_kinds.RUN_KINDS``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..glue import get_task
+from ..data.glue import get_task
+from .run_kinds import RUN_KINDS
 from .spec import REGIMES as REGIME_NAMES
 from .spec import StudySpec
 
-# kind -> what ``prunelab study plan`` calls it; runs are listed (and started, when ready) in this order.
-KINDS = {"pretrain": "pre-training", "droplayers": "layer dropping", "finetune": "fine-tuning", "teacher": "teacher",
-         "adapt": "mask learning", "distill": "pruning while fine-tuning"}
 DENSE_START = ("pruned_after_finetuning", "adapt", "distill", "pruned_during_finetuning")  # start from pretrain-s0.00
 
 
@@ -42,7 +40,7 @@ class Run:
     """One unit of work. `params` hold everything the executor needs besides the spec."""
 
     id: str
-    kind: str  # a key of KINDS
+    kind: str  # a key of run_kinds.RUN_KINDS
     params: dict = field(hash=False, compare=False)
     depends_on: tuple[str, ...] = ()
 
@@ -167,7 +165,7 @@ assert set(REGIMES) == set(REGIME_NAMES), "spec.REGIMES and plan.REGIMES name th
 
 
 def expand(spec: StudySpec) -> list[Run]:
-    """All runs of `spec` in a stable order: by kind (``KINDS``), then as planned."""
+    """All runs of `spec` in a stable order: by kind (``RUN_KINDS``), then as planned."""
     plan = _Plan(spec)
     for sparsity in spec.sparsities:
         for regime in spec.regimes:
@@ -176,7 +174,7 @@ def expand(spec: StudySpec) -> list[Run]:
     for regime in spec.regimes:
         if not REGIMES[regime].per_sparsity:
             REGIMES[regime].plan(plan, regime, None)
-    order = list(KINDS)
+    order = list(RUN_KINDS)
     return sorted(plan.runs.values(), key=lambda r: order.index(r.kind))
 
 
@@ -188,7 +186,7 @@ def describe(runs: list[Run]) -> dict:
             users[dep] = users.get(dep, 0) + 1
     return {
         "runs": len(runs),
-        **{kind: sum(r.kind == kind for r in runs) for kind in KINDS},
+        **{kind: sum(r.kind == kind for r in runs) for kind in RUN_KINDS},
         "items": [{"id": r.id, "kind": r.kind, "depends_on": list(r.depends_on), "used_by": users.get(r.id, 0), **r.params}
                   for r in runs],
     }

@@ -8,7 +8,7 @@ A study directory holds ``study.json`` (the resolved spec) and ``runs/<id>/`` pe
     work/         the run's own directory (checkpoints, logs, the pre-trained model dependents read)
 An interrupted run restarts from scratch in a clean ``work/``, so a study killed at any moment (even
 ``kill -9``) and run again finishes with the same results as an uninterrupted one. What each kind of run
-does is in ``execute.py``.
+does is in ``run_kinds.py``; where runs execute (this process, subprocesses, Ray) in ``executors.py``.
 """
 
 from __future__ import annotations
@@ -18,41 +18,48 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
 
-from ..config import dumps, from_dict
-from ..training.run import write_json
-from . import execute
+from ..config import from_dict
+from ..io import dumps, pid_alive, read_json, step, write_json, write_text
+from .executors import EXECUTORS
 from .plan import Run, expand
-from .spec import SECTIONS, Resources, StudySpec, spec_dict
+from .run_kinds import RUN_KINDS
+from .spec import SECTIONS, StudySpec, spec_dict
 
 logger = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
-EXECUTORS = ("local", "ray")
 
 
 # -- the study directory ------------------------------------------------------------------------------
 
 
 def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | None) -> Path:
-    """Create or reopen `root` for `spec`; a directory holding another spec is an error."""
+    """Create or reopen `root` for `spec`; a directory holding another spec, or the same spec on other data, is an
+    error. ``study.json`` is written before ``runs/``, so a study killed in between reopens."""
     root = Path(root)
     record = {"spec": spec_dict(spec), "data_dir": str(data_dir) if data_dir else None}
     path = root / STUDY_FILE
     if path.is_file():
-        existing, _ = open_study(root)  # read as today's spec: a section added since then takes its defaults
+        existing, recorded_data = open_study(root)  # read as today's spec: a section added since then takes its defaults
         if {**spec_dict(existing), "source": ""} != {**record["spec"], "source": ""}:
             raise ValueError(f"{root} holds study {existing.name!r} with a different spec; use another --out")
+        if recorded_data != data_dir:
+            how = f"pass --data {recorded_data}" if recorded_data else "unset PRUNELAB_DATA and pass no --data"
+            raise ValueError(f"{root} holds study {existing.name!r} run on data {recorded_data or 'from the hub'}, not "
+                             f"{data_dir or 'from the hub'}; {how} to resume it, or use another --out")
+        (root / "runs").mkdir(exist_ok=True)
         return root
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"output {root} exists and is not a directory; choose another --out")
+    if root.exists() and any(p.name != "runs" or any(p.iterdir()) for p in root.iterdir()):
         raise FileExistsError(f"output directory {root} is not empty and holds no study; choose another --out")
-    (root / "runs").mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
+    (root / "runs").mkdir(exist_ok=True)
     return root
 
 
@@ -61,14 +68,19 @@ def open_study(root: str | os.PathLike) -> tuple[StudySpec, Path | None]:
     path = Path(root) / STUDY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a study directory (no {STUDY_FILE}); create it with prunelab study run SPEC --out DIR")
-    record = json.loads(path.read_text())
+    record = read_json(path, "study record")
     raw = dict(record["spec"])
-    sections = {name: from_dict(cls, raw.pop(name, {}), f"[{name}] of {path}") for name, cls in SECTIONS.items()}
+    # ranges as an older prunelab allowed them (e.g. [pretrain] prune_end = 0 for "all steps"): only new specs are strict
+    sections = {name: from_dict(cls, raw.pop(name, {}), str(path), section=name, ranges=False) for name, cls in SECTIONS.items()}
     return StudySpec(**raw, **sections), Path(record["data_dir"]) if record["data_dir"] else None
 
 
 def run_dir(root: Path, run_id: str) -> Path:
-    return Path(root) / "runs" / run_id
+    """``<root>/runs/<run_id>``, checked to stay inside ``runs/`` whatever the id holds."""
+    runs = Path(root) / "runs"
+    if (runs / run_id).resolve().parent != runs.resolve():
+        raise ValueError(f"run id {run_id!r} does not name a directory inside {runs}; the study spec is malformed")
+    return runs / run_id
 
 
 def status_of(root: Path, run: Run) -> str:
@@ -97,13 +109,7 @@ def _read_claim(d: Path) -> dict | None:
 def _stale(claim: dict) -> bool:
     if claim.get("host") != socket.gethostname():
         return False  # another machine's process: cannot tell, assume alive
-    try:
-        os.kill(int(claim["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(int(claim["pid"]))
 
 
 def claim(root: Path, run_id: str) -> bool:
@@ -111,16 +117,18 @@ def claim(root: Path, run_id: str) -> bool:
     d = run_dir(root, run_id)
     d.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
-        try:
-            fd = os.open(d / "claim.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        mine = d / f".claim.{os.getpid()}"
+        mine.write_text(_claim_record())
+        try:  # a hard link appears whole and fails if the claim exists: no reader ever sees it empty
+            _link_or_create(mine, d / "claim.json")
         except FileExistsError:
             existing = _read_claim(d)
             if existing is not None and not _stale(existing):
                 return False
             (d / "claim.json").unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        finally:
+            mine.unlink(missing_ok=True)
         if (d / "result.json").is_file() or (d / "error.json").is_file():
             (d / "claim.json").unlink()  # finished by another runner since we last looked
             return False
@@ -128,10 +136,34 @@ def claim(root: Path, run_id: str) -> bool:
     return False
 
 
+def _link_or_create(source: Path, claim_file: Path) -> None:
+    """``os.link``; where the file system has no hard links, an exclusive create filled at once instead."""
+    try:
+        os.link(source, claim_file)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "w") as f:
+            f.write(source.read_text())
+
+
+def clear_stale_claims(root: Path) -> None:
+    """Delete the claims a dead runner left on finished runs (a kill can come after a run's result, before its claim
+    is released). Claims on unfinished runs are left to ``claim``, which retakes them exclusively."""
+    for path in Path(root).glob("runs/*/claim.json"):
+        finished = (path.parent / "result.json").is_file() or (path.parent / "error.json").is_file()
+        existing = _read_claim(path.parent)
+        if finished and existing is not None and _stale(existing):
+            path.unlink(missing_ok=True)
+
+
+def _claim_record() -> str:
+    return dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+
+
 def _hand_claim_to_me(d: Path) -> None:
-    tmp = d / f".claim.{os.getpid()}"
-    tmp.write_text(dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
-    os.replace(tmp, d / "claim.json")
+    write_text(d / "claim.json", _claim_record())
 
 
 # -- executing one run --------------------------------------------------------------------------------
@@ -147,13 +179,18 @@ def execute_claimed(root: str | os.PathLike, run_id: str) -> str:
     run = {r.id: r for r in expand(spec)}[run_id]
     d = run_dir(root, run_id)
     _hand_claim_to_me(d)
+    step("claim taken")
     _quiet()
     with open(d / "attempts.log", "a") as log:  # one line per execution: a record of who ran it, and when
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}\n")
+    step("attempt logged")
     try:
         shutil.rmtree(d / "work", ignore_errors=True)  # an interrupted attempt restarts from scratch
-        result = execute.KINDS[run.kind](spec, data_dir, root, run, d / "work")
+        step("work cleared")
+        result = RUN_KINDS[run.kind].run(spec, data_dir, root, run, d / "work")
+        step("run finished")
         write_json(d / "result.json", {"id": run_id, "kind": run.kind, **run.params, **result})
+        step("result written")
         return "done"
     except Exception as err:  # a failed run is recorded and the study goes on
         write_json(d / "error.json", {"id": run_id, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
@@ -181,12 +218,13 @@ def run_study(spec: StudySpec, root: str | os.PathLike, *, data_dir: Path | None
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be >= 1")
     root = init_study_dir(spec, root, data_dir or spec.data_dir())
+    clear_stale_claims(root)
     runs = expand(spec)
     if retry_failed:
         for run in runs:
             (run_dir(root, run.id) / "error.json").unlink(missing_ok=True)
     bar = _progress(len(runs), progress, sum(status_of(root, r) == "done" for r in runs))
-    launcher = {"local": _LocalPool(jobs), "ray": _RayPool(address, spec.resources)}[executor]
+    launcher = EXECUTORS[executor](jobs=jobs, address=address, resources=spec.resources)
     try:
         while True:
             states = {r.id: status_of(root, r) for r in runs}
@@ -224,7 +262,7 @@ def study_status(root: str | os.PathLike) -> dict:
         if states[r.id] == "pending" and any(states[d] in ("failed", "blocked") for d in r.depends_on):
             states[r.id] = "blocked"
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "running", "pending", "blocked")}
-    failures = {r.id: json.loads((run_dir(root, r.id) / "error.json").read_text())["error"] for r in runs if states[r.id] == "failed"}
+    failures = {r.id: read_json(run_dir(root, r.id) / "error.json", "error record")["error"] for r in runs if states[r.id] == "failed"}
     return {"study": spec.name, "total": len(runs), **counts, "failures": failures}
 
 
@@ -234,73 +272,3 @@ def _progress(total: int, enabled: bool, done: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, desc="study runs", unit="run")
-
-
-class _LocalPool:
-    """jobs == 1: runs in this process. jobs > 1: each run in its own ``prunelab`` subprocess."""
-
-    def __init__(self, jobs: int):
-        self.jobs, self.procs = jobs, []
-        self.synchronous = jobs == 1
-
-    def has_room(self) -> bool:
-        return len(self.procs) < self.jobs
-
-    def busy(self) -> bool:
-        return bool(self.procs)
-
-    def start(self, root: Path, run: Run) -> bool:
-        if self.jobs == 1:
-            execute_claimed(root, run.id)
-        else:
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "prunelab", "study", "exec-run", str(root), run.id],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        return True
-
-    def wait(self) -> None:
-        while self.procs and all(p.poll() is None for p in self.procs):
-            time.sleep(0.5)
-        self.procs = [p for p in self.procs if p.poll() is None]
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.wait()
-
-
-class _RayPool:
-    """Each run is a Ray task with the spec's CPU/GPU needs; the driver collects results as they finish."""
-
-    def __init__(self, address: str | None, resources: Resources):
-        self.address, self.resources, self.pending, self.ray = address, resources, [], None
-        self.synchronous = False
-
-    def _ray(self):
-        if self.ray is None:
-            try:
-                import ray
-            except ImportError:
-                raise ValueError("the ray executor needs Ray: pip install 'prunelab[ray]'") from None
-            if not ray.is_initialized():
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
-            self.ray = ray
-            self.task = ray.remote(execute_claimed).options(num_cpus=self.resources.cpus, num_gpus=self.resources.gpus)
-        return self.ray
-
-    def has_room(self) -> bool:
-        return True  # Ray queues tasks until resources free up
-
-    def busy(self) -> bool:
-        return bool(self.pending)
-
-    def start(self, root: Path, run: Run) -> bool:
-        self._ray()
-        self.pending.append(self.task.remote(str(root), run.id))
-        return True
-
-    def wait(self) -> None:
-        if self.pending:
-            _, self.pending = self.ray.wait(self.pending, num_returns=1)
-
-    def close(self) -> None:
-        if self.ray is not None and self.pending:
-            self.ray.get(self.pending)

@@ -17,11 +17,13 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from ..config import from_dict
-from ..glue import get_task
-from ..layerdrop import STRATEGIES
+from ..data.glue import get_task
+from ..methods.kd_losses import DistillSettings
+from ..methods.layer_drop import STRATEGIES
 from ..scores import CRITERIA
 from ..select import SCOPES
 
@@ -40,8 +42,16 @@ class DataSpec:
     hub_corpus: str = "Salesforce/wikitext:wikitext-2-raw-v1"  # used when no data directory is given
 
 
+SEED_RANGE = (0, 2**32 - 1)
+
+
 @dataclass
 class PretrainSpec:
+    RANGES: ClassVar[dict] = {"steps": (1, None), "prune_end": (1, None), "prune_every": (1, None), "batch_size": (1, None),
+                              "max_seq_len": (8, None), "lr": (0, None), "head_warmup_steps": (0, None),
+                              "max_train_lines": (1, None), "max_dev_blocks": (1, None)}
+    OPEN: ClassVar[tuple] = ("lr",)
+
     steps: int = 1000
     prune_end: int | None = None
     prune_every: int = 10
@@ -55,6 +65,12 @@ class PretrainSpec:
 
 @dataclass
 class FinetuneSpec:
+    RANGES: ClassVar[dict] = {"lrs": (0, None), "epochs": (0, None), "seeds": SEED_RANGE, "batch_size": (1, None),
+                              "max_seq_len": (8, None), "max_train_samples": (1, None), "prune_after_epochs": (0, None),
+                              "epochs_after_pruning": (0, None)}
+    OPEN: ClassVar[tuple] = ("lrs", "epochs", "prune_after_epochs", "epochs_after_pruning")
+    NONEMPTY: ClassVar[tuple] = ("tasks", "lrs", "seeds")
+
     tasks: list[str] = field(default_factory=lambda: ["CoLA", "SST-2", "MRPC", "STS-B", "QNLI"])
     lrs: list[float] = field(default_factory=lambda: [2e-5, 3e-5, 4e-5, 5e-5])
     epochs: float = 3.0
@@ -70,6 +86,8 @@ class FinetuneSpec:
 class LayerDropSpec:
     """The layer_drop regime: per strategy x count, that many layers dropped from the dense pre-trained model."""
 
+    CHECKED: ClassVar[tuple] = ("strategies", "counts")  # by _check_layer_drop, with the whole list in view
+
     strategies: list[str] = field(default_factory=lambda: ["top", "bottom", "alternate-even", "symmetric", "contribution"])
     counts: list[int] = field(default_factory=lambda: [2, 4])
 
@@ -81,6 +99,10 @@ class AdaptSpec:
     `lrs` are the scores' learning rates (the grid the report takes the best of); `exact` prunes exactly the
     target sparsity at the end, so cells compare with the other regimes' at equal sparsity."""
 
+    RANGES: ClassVar[dict] = {"lrs": (0, None), "head_lr": (0, None), "penalty": (0, None), "ramp": (0, 1), "band": (0, None),
+                              "epochs": (0, None)}
+    OPEN: ClassVar[tuple] = ("lrs", "head_lr", "epochs")
+
     lrs: list[float] = field(default_factory=lambda: [1e-3])
     head_lr: float = 1e-3
     penalty: float = 1e-8
@@ -91,28 +113,29 @@ class AdaptSpec:
 
 
 @dataclass
-class DistillSpec:
+class DistillSpec(DistillSettings):
     """The distill regime (Xu et al. 2021): the dense pre-trained model pruned (cubic) while fine-tuning, taught
     by the dense model fine-tuned on the task (a ``teacher`` run per task x seed); pruned_during_finetuning is
     the same without the teacher. Learning rates and epochs are [finetune]'s."""
 
-    temperature: float = 1.0
-    alpha_attention: float = 1.0
-    alpha_hidden: float = 1.0
-    alpha_logits: float = 1.0
-    alpha_hard: float = 0.0
-    prune_end: float = 0.7
-    prune_every: int = 10
+    RANGES: ClassVar[dict] = {"temperature": (0, None), "alpha_attention": (0, None), "alpha_hidden": (0, None),
+                              "alpha_logits": (0, None), "alpha_hard": (0, None), "prune_end": (0, 1), "prune_every": (1, None)}
+    OPEN: ClassVar[tuple] = ("temperature", "prune_end")
 
 
 @dataclass
 class Resources:
+    RANGES: ClassVar[dict] = {"cpus": (0, None), "gpus": (0, None)}
+
     cpus: float = 1.0
     gpus: float = 0.0
 
 
 @dataclass
 class StudySpec:
+    RANGES: ClassVar[dict] = {"sparsities": (0, 1)}
+    NONEMPTY: ClassVar[tuple] = ("sparsities", "regimes")
+
     name: str
     model: str
     sparsities: list[float]
@@ -140,7 +163,10 @@ class StudySpec:
             raise ValueError(f"criterion {self.criterion!r} / scope {self.scope!r}{where}: allowed criteria "
                              f"{', '.join(sorted(CRITERIA))}, scopes {', '.join(SCOPES)}")
         for task in self.finetune.tasks:
-            get_task(task)
+            try:
+                get_task(task)
+            except ValueError as err:
+                raise ValueError(f"[finetune] tasks{where}: {err}") from None
         if not self.finetune.lrs or not self.finetune.seeds:
             raise ValueError(f"[finetune] lrs and seeds{where} must not be empty")
         self._check_layer_drop(where)
@@ -149,6 +175,9 @@ class StudySpec:
 
     def _check_layer_drop(self, where: str) -> None:
         strategies, counts = self.layer_drop.strategies, self.layer_drop.counts
+        for key, value in (("strategies", strategies), ("counts", counts)):
+            if not isinstance(value, list):
+                raise ValueError(f"[layer_drop] {key}{where} must be a list (got {value!r})")
         unknown = [s for s in strategies if s not in STRATEGIES]
         if unknown or not strategies or len(set(strategies)) < len(strategies):
             got = f"unknown strategy {unknown[0]!r}" if unknown else f"got {strategies}"
@@ -188,7 +217,7 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
         table = raw.pop(name, {})
         if not isinstance(table, dict):
             raise ValueError(f"[{name}] in {path} must be a table")
-        sections[name] = from_dict(cls, table, f"[{name}] of {path}")
+        sections[name] = from_dict(cls, table, str(path), section=name)
     for key in ("name", "model", "sparsities"):
         if key not in raw:
             raise ValueError(f"{path} lacks the required key {key!r}")

@@ -14,35 +14,33 @@ The story of a run:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
-from ..artifact import load_model, save_artifact
+from ..artifact import load_config, load_model, load_tokenizer, save_artifact
 from ..config import PruningConfig, versions
-from ..corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
+from ..data.corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
+from ..io import read_json
+from ..integrations.hf_trainer import attach, quiet
 from ..pruner import Pruner
-from .run import (ListDataset, quiet, METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint, prepare_run_dir,
-                  save_run_config, training_arguments, write_json)
+from .common import (METRICS_FILE, ListDataset, RunOptions, check_number, is_main_process, last_checkpoint, prepare_run_dir,
+                     run_log, training_arguments, write_json_once)
 
 logger = logging.getLogger(__name__)
 
 _MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining", "LMHeadModel")
 
 
-@dataclass
-class PretrainConfig:
-    """A pre-training-while-pruning run. Steps are optimizer steps."""
+@dataclass(kw_only=True)
+class PretrainConfig(RunOptions):
+    """A pre-training-while-pruning run (see ``RunOptions`` for the rest). Steps are optimizer steps."""
 
-    model: str
     corpus: list[str]
-    out: str
     sparsity: float
     dataset: str | None = None  # an HF dataset NAME[:CONFIG] instead of (or besides) corpus files
     dataset_split: str = "train"
@@ -56,9 +54,6 @@ class PretrainConfig:
     prune_every: int = 10
     dev_file: list[str] = field(default_factory=list)
     dev_fraction: float = 0.05
-    tokenizer: str | None = None
-    max_seq_len: int = 128
-    batch_size: int = 32
     lr: float = 5e-5
     warmup_steps: int = 0
     weight_decay: float = 0.01
@@ -66,28 +61,33 @@ class PretrainConfig:
     head_warmup_steps: int = 0
     max_dev_blocks: int = 512
     max_train_lines: int | None = None  # use only the first N lines of the training text
-    seed: int = 42
-    grad_accum: int = 1
-    fp16: bool = False
-    bf16: bool = False
-    report_to: str = "none"
-    logging_steps: int = 50
     save_steps: int = 500
-    progress: bool = True  # the Trainer's progress bars
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.corpus and not self.dataset:
             raise ValueError("no pre-training text: pass --corpus FILE [FILE ...] or --dataset NAME[:CONFIG]")
-        if self.steps < 1:
+        if isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps < 1:
             raise ValueError(f"--steps {self.steps} must be >= 1")
+        check_number("--steps", self.steps, low=1, integer=True)
         if self.prune_end is None:
             self.prune_end = min(10_000, self.steps)
         if self.schedule not in ("cubic", "oneshot"):
             raise ValueError(f"--schedule {self.schedule!r} is not allowed; use cubic or oneshot")
+        check_number("--prune-end", self.prune_end, low=0, integer=True)
         if self.prune_end > self.steps:
             raise ValueError(f"--prune-end {self.prune_end} is beyond --steps {self.steps}; the schedule would not reach the sparsity")
-        if not 0.0 < self.dev_fraction < 1.0 and not self.dev_file:
+        if not self.dev_file and not (isinstance(self.dev_fraction, float) and 0.0 < self.dev_fraction < 1.0):
             raise ValueError(f"--dev-fraction {self.dev_fraction} must be in (0, 1), or pass --dev-file")
+        check_number("--lr", self.lr, low=0, low_open=True)
+        for flag, value in (("--warmup-steps", self.warmup_steps), ("--head-warmup-steps", self.head_warmup_steps)):
+            check_number(flag, value, low=0, integer=True)
+        check_number("--weight-decay", self.weight_decay, low=0)
+        check_number("--mlm-probability", self.mlm_probability, low=0, high=1, low_open=True, high_open=True)
+        check_number("--save-steps", self.save_steps, low=1, integer=True)
+        check_number("max_dev_blocks", self.max_dev_blocks, low=1, integer=True)
+        if self.max_train_lines is not None:
+            check_number("max_train_lines", self.max_train_lines, low=1, integer=True)
         self.pruning_config()  # validates sparsity, criterion, scope and the schedule window
 
     def pruning_config(self) -> PruningConfig:
@@ -113,14 +113,19 @@ def _collate(dynamic: DataCollatorForLanguageModeling):
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run `cfg` and return what ``<out>/metrics.json`` holds."""
-    out = prepare_run_dir(cfg.out, overwrite=overwrite, resume=resume)
-    save_run_config(out, cfg)
-    handler = attach_log_file(out)
-    try:
+    """Run `cfg` and return what ``<out>/metrics.json`` holds (a finished run resumed is not run again)."""
+    for path in [*cfg.corpus, *cfg.dev_file]:  # checked, like the model, before the run directory exists
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"corpus file {path} not found; pass existing text files to --corpus / --dev-file")
+    load_config(cfg.model)
+    if cfg.tokenizer and load_tokenizer(cfg.tokenizer) is None:
+        raise ValueError(f"--tokenizer {cfg.tokenizer!r} holds no tokenizer files; pass a tokenizer directory")
+    out, finished = prepare_run_dir(cfg, overwrite=overwrite, resume=resume)
+    if finished is not None:
+        logger.warning("%s already finished; nothing to do", out)
+        return {**finished, "already_finished": True}
+    with run_log(out):
         return _pretrain(cfg, out)
-    finally:
-        detach_log_file(handler)
 
 
 def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
@@ -133,7 +138,7 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     set_seed(cfg.seed)  # a missing MLM head is initialised while loading: seed first
     model, tokenizer = load_model(cfg.model, model_class=AutoModelForMaskedLM)
     if cfg.tokenizer:
-        _, tokenizer = load_model(cfg.tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None:
         raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     train = ListDataset([{"input_ids": b} for b in to_blocks(train_lines, tokenizer, cfg.max_seq_len)])
@@ -149,8 +154,7 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
         warnings.warn(f"{cfg.model} has no MLM head ({', '.join(architectures) or 'no architectures'}); a freshly "
                       "initialised head is trained from scratch" + ("" if cfg.head_warmup_steps else
                       "; consider --head-warmup-steps to warm it up with the encoder frozen first"), stacklevel=2)
-    common = dict(seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, fp16=cfg.fp16, bf16=cfg.bf16,
-                  report_to=cfg.report_to, logging_steps=cfg.logging_steps, disable_tqdm=not cfg.progress)
+    common = cfg.trainer_kwargs()
     checkpoints = out / "checkpoints"
     resuming = last_checkpoint(checkpoints)
     head_loss = None
@@ -165,19 +169,19 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
         quiet(trainer)
     before_path = out / "dev_loss_before.json"  # measured once; a resumed run reads it back
     if resuming and before_path.is_file():
-        dev_loss_before = json.loads(before_path.read_text())["dev_loss_before"]
+        dev_loss_before = read_json(before_path, "dev loss file")["dev_loss_before"]
     else:
         dev_loss_before = trainer.evaluate()["eval_loss"]
-        write_json(before_path, {"dev_loss_before": dev_loss_before})
+        write_json_once(before_path, {"dev_loss_before": dev_loss_before})
 
     # 5. train while pruning
     pruner = Pruner(model, cfg.pruning_config())
-    attach_pruner(trainer, pruner)
+    attach(trainer, pruner)
     trainer.train(resume_from_checkpoint=resuming)
 
     # 6. final dev loss and the artifact
     dev_loss_after = trainer.evaluate()["eval_loss"]
-    report = pruner.report()
+    report = pruner.sparsity_report()
     metrics = {
         "dev_loss_before": dev_loss_before, "dev_loss_after": dev_loss_after, "head_warmup_loss": head_loss,
         "fresh_mlm_head": fresh_head, "sparsity": report["overall"]["sparsity"], "target_sparsity": cfg.sparsity,
@@ -187,8 +191,8 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     info = {"source": cfg.model, "config": pruner.config.to_dict(), "versions": versions(), "report": report, "pretrain": metrics}
     if is_main_process():
         save_artifact(model, tokenizer, pruner.masks, info, out / "model", overwrite=True)
-    write_json(out / "log_history.json", {"log_history": trainer.state.log_history})
-    write_json(out / METRICS_FILE, metrics)
+    write_json_once(out / "log_history.json", {"log_history": trainer.state.log_history})
+    write_json_once(out / METRICS_FILE, metrics)
     return metrics
 
 

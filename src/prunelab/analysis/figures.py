@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..io import atomic_output
 from ..targets import KINDS
 
 _LAYERLESS = {"embeddings": "emb", "pooler": "pool"}
@@ -16,8 +17,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("figures need matplotlib; run: pip install 'prunelab[analysis]' (or skip figures with "
-                          "--no-figure)") from None
+        raise ImportError("figures need matplotlib; run: pip install 'prunelab[analysis]' (or skip figures: "
+                          "--no-figure, or figure=False in write_analysis)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -25,13 +26,14 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Write `fig` to `path` as PNG atomically (tmp file, then rename) and close it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
+    """Write `fig` to `path` as PNG atomically (``prunelab.io``) and close it, even when writing fails."""
+    try:
+        # Not io.save_figure: these figures are cropped to their content (bbox_inches="tight").
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
+    return Path(path)
 
 
 def _kinds_in(rows) -> list[str]:

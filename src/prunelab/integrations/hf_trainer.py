@@ -1,15 +1,38 @@
-"""HF ``TrainerCallback`` that drives a ``Pruner``: it forwards Trainer events, nothing more."""
+"""The HF ``Trainer`` integration: callbacks that forward Trainer events to a ``Pruner`` or a ``MaskLearner``.
+
+Attach them with ``attach(trainer, pruner)``: it puts the callback first, before the ``report_to`` integrations
+(TensorBoard, W&B, ...), so the ``pruning/*`` figures it adds to each log reach them. A callback passed as
+``Trainer(callbacks=[...])`` runs after those integrations and its figures would reach ``log_history`` only.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
-from .pruner import STATE_FILE, Pruner
+from ..pruner import STATE_FILE, Pruner
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 
-class PruningCallback(TrainerCallback):
+class _LogsFigures(TrainerCallback):
+    """Adds ``self.figures()`` to every log, and to the log history entry the Trainer just recorded."""
+
+    def figures(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            figures = self.figures()
+            logs.update(figures)
+            if state.log_history:
+                state.log_history[-1].update(figures)
+
+
+class PruningCallback(_LogsFigures):
     """Drive `pruner` from a ``transformers.Trainer``.
 
     * ``on_train_begin``: restore the pruner from the checkpoint being resumed (``global_step > 0``), hand it
@@ -30,6 +53,9 @@ class PruningCallback(TrainerCallback):
     def __init__(self, pruner: Pruner, resume_from: str | os.PathLike | None = None):
         self.pruner = pruner
         self.resume_from = resume_from
+
+    def figures(self) -> dict[str, float]:
+        return self.pruner.metrics()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step > 0:
@@ -59,16 +85,9 @@ class PruningCallback(TrainerCallback):
         if self.pruner.config.mode == "enforced" and self.pruner.masks:
             self.pruner.verify()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            figures = self.pruner.metrics()
-            logs.update(figures)
-            if state.log_history:
-                state.log_history[-1].update(figures)
 
-
-class MaskLearnerCallback(TrainerCallback):
-    """Drive an ``adapt.MaskLearner`` from a ``transformers.Trainer``.
+class MaskLearnerCallback(_LogsFigures):
+    """Drive a ``methods.learned_masks.MaskLearner`` from a ``transformers.Trainer``.
 
     * ``on_step_end``: ``learner.update(global_step)`` (the target of the step; the penalty's direction).
     * ``on_log``: add ``adapt/sparsity``, ``adapt/target_sparsity`` and ``adapt/penalty_direction`` to the logs.
@@ -79,12 +98,25 @@ class MaskLearnerCallback(TrainerCallback):
     def __init__(self, learner):
         self.learner = learner
 
+    def figures(self) -> dict[str, float]:
+        return self.learner.metrics()
+
     def on_step_end(self, args, state, control, **kwargs):
         self.learner.update(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            figures = self.learner.metrics()
-            logs.update(figures)
-            if state.log_history:
-                state.log_history[-1].update(figures)
+
+def attach(trainer: Trainer, pruner_or_callback) -> TrainerCallback:
+    """Add a ``PruningCallback`` for a ``Pruner`` (or the given callback) to `trainer`, before every other
+    callback, so that its log figures reach the ``report_to`` integrations. Returns the callback."""
+    callback = PruningCallback(pruner_or_callback) if isinstance(pruner_or_callback, Pruner) else pruner_or_callback
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback
+
+
+def quiet(trainer: Trainer) -> Trainer:
+    """No console output from `trainer` (its logs still reach log_history and the run's train.log)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer

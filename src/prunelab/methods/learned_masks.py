@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .schedules import sparsity_at
-from .select import compute_masks
-from .targets import Target, resolve_targets
+from ..schedules import sparsity_at
+from ..select import compute_masks
+from ..targets import Target, resolve_targets
 
 
 def straight_through_mask(scores: torch.Tensor, t_forward: float | None, t_backward: float) -> torch.Tensor:

@@ -8,6 +8,8 @@ tab-separated with no quoting, a header row except for CoLA, and MNLI's dev sets
 from __future__ import annotations
 
 import csv
+import io
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +94,12 @@ def read_split(data_dir: str | Path, task: Task, split: str) -> list[Example]:
         raise FileNotFoundError(f"GLUE file {path} not found; pass --data-dir with the download_glue_data.py layout (<dir>/{task.folder}/{split}.tsv)")
     csv.field_size_limit(sys.maxsize)
     examples: list[Example] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {err.start}); GLUE files are UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         if task.header:
             header = next(rows, None) or []
@@ -122,9 +129,12 @@ def read_split(data_dir: str | Path, task: Task, split: str) -> list[Example]:
 def _label(task: Task, raw: str, path: Path, lineno: int) -> float | int:
     if task.is_regression:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
             raise ValueError(f"{path}:{lineno}: score {raw!r} is not a number") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{path}:{lineno}: score {raw!r} is not a finite number")
+        return score
     if raw not in task.labels:
         raise ValueError(f"{path}:{lineno}: label {raw!r} is not one of {', '.join(task.labels)}")
     return task.labels.index(raw)
@@ -160,7 +170,8 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> 
     """The task's official metrics of `predictions` (logits, shape (n, num_labels)) against `labels` (n,).
 
     Returns:
-        Each name in ``task.metrics`` plus ``score``, their mean.
+        Each name in ``task.metrics`` plus ``score``, their mean; for a classification task also ``accuracy``
+        (official or not: Compressing BERT reports accuracy for every task).
     """
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -181,4 +192,6 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> 
     out = {name: float(functions[name]()) for name in task.metrics}
     out = {k: (0.0 if np.isnan(v) else v) for k, v in out.items()}  # a constant prediction has no correlation
     out["score"] = float(np.mean(list(out.values())))
+    if not task.is_regression and "accuracy" not in out:
+        out["accuracy"] = float(functions["accuracy"]())
     return out

@@ -1,27 +1,33 @@
-"""What each kind of study run does: one executor per kind, called by the runner with the run's clean ``work/``.
+"""The kinds of study run: for each, its name in ``prunelab study plan`` and the function that does it.
 
-Every executor has the signature ``(spec, data_dir, root, run, work) -> dict`` and returns what result.json
-holds besides the run's id, kind and params. A model that dependents start from is saved to ``work/model``
-and named by the result's ``"model"``.
+The runner calls a kind's function with the run's clean ``work/`` directory: ``(spec, data_dir, root, run, work)
+-> dict``, returning what result.json holds besides the run's id, kind and params. A model that dependents start
+from is saved to ``work/model`` and named by the result's ``"model"``. A new kind of run is one function here and
+one line in ``RUN_KINDS``; the plan starts runs in the order of ``RUN_KINDS``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .plan import Run
+from ..io import read_json
 from .spec import StudySpec
+
+if TYPE_CHECKING:
+    from .plan import Run
 
 
 def _result_of(root: Path, run_id: str) -> dict:
-    return json.loads((Path(root) / "runs" / run_id / "result.json").read_text())
+    return read_json(Path(root) / "runs" / run_id / "result.json", "result file")
 
 
-def pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+def run_pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
     """Continued MLM pre-training, pruned on a cubic schedule to the run's sparsity (0: dense)."""
-    from ..training.pretrain import PretrainConfig, pretrain as run_pretrain
+    from ..pipelines.pretrain import PretrainConfig, pretrain as run_pretrain
 
     p = spec.pretrain
     text = (dict(corpus=[str(data_dir / c) for c in spec.data.corpus], dev_file=[str(data_dir / c) for c in spec.data.dev_corpus])
@@ -38,10 +44,10 @@ def pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work:
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
 
 
-def droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
     """Drop ``count`` layers by ``strategy`` from the source run's model (contribution scores and the forward
     timing batch come from the text sample packaged with prunelab)."""
-    from ..layerdrop import drop_and_save
+    from ..pipelines.drop_layers import drop_and_save
 
     strategy, count = run.params["strategy"], run.params["count"]
     source = _result_of(root, run.params["source"])
@@ -66,83 +72,81 @@ def _finetune_options(spec: StudySpec, run: Run) -> dict:
     return {}  # masks held: a pruned model keeps its zeros; a dense or layer-dropped one (no masks file) is dense
 
 
-def finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+def run_finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
     """GLUE fine-tuning of the source run's model at one learning rate and seed."""
-    from ..training.finetune import FinetuneConfig, finetune as run_finetune
+    from ..pipelines.finetune import FinetuneConfig, finetune as run_finetune
 
-    source = _result_of(root, run.params["source"])
-    glue = None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
-    f = spec.finetune
-    options = {"masks": "held", "epochs": f.epochs, **_finetune_options(spec, run)}
-    cfg = FinetuneConfig(
-        model=source["model"], task=run.params["task"], out=str(work), data_dir=glue, lrs=[run.params["lr"]],
-        seed=run.params["seed"], criterion=spec.criterion, scope=spec.scope,
-        batch_size=f.batch_size, max_seq_len=f.max_seq_len, max_train_samples=f.max_train_samples,
-        logging_steps=10_000, progress=False, **options,
-    )
+    options = {"masks": "held", "epochs": spec.finetune.epochs, **_finetune_options(spec, run)}
+    cfg = FinetuneConfig(**_glue_run(spec, data_dir, root, run, work), lrs=[run.params["lr"]], criterion=spec.criterion,
+                         scope=spec.scope, **options)
     m = run_finetune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
 
 
-def _glue_dir(spec: StudySpec, data_dir: Path | None) -> str | None:
-    return None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
-
-
-def _sizes(spec: StudySpec) -> dict:
+def _glue_run(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """The GlueOptions every GLUE run of a study shares: the source run's model, the task, data, seed and sizes."""
     f = spec.finetune
-    return dict(batch_size=f.batch_size, max_seq_len=f.max_seq_len, max_train_samples=f.max_train_samples,
-                logging_steps=10_000, progress=False)
+    glue = None if spec.data.glue == "hub" or data_dir is None else str(data_dir / spec.data.glue)
+    return dict(model=_result_of(root, run.params["source"])["model"], task=run.params["task"], out=str(work),
+                data_dir=glue, seed=run.params["seed"], batch_size=f.batch_size, max_seq_len=f.max_seq_len,
+                max_train_samples=f.max_train_samples, logging_steps=10_000, progress=False)
 
 
-def teacher(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+def run_teacher(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
     """The distill regime's teacher: the dense pre-trained model fine-tuned on the task over the learning-rate
     grid; the best learning rate's model is saved."""
-    from ..training.finetune import FinetuneConfig, finetune as run_finetune
+    from ..pipelines.finetune import FinetuneConfig, finetune as run_finetune
 
-    cfg = FinetuneConfig(model=_result_of(root, run.params["source"])["model"], task=run.params["task"], out=str(work),
-                         data_dir=_glue_dir(spec, data_dir), lrs=spec.finetune.lrs, seed=run.params["seed"],
-                         epochs=spec.finetune.epochs, save_model=True, **_sizes(spec))
+    cfg = FinetuneConfig(**_glue_run(spec, data_dir, root, run, work), lrs=spec.finetune.lrs, epochs=spec.finetune.epochs,
+                         save_model=True)
     m = run_finetune(cfg, overwrite=True)
     return {"model": str(work / "model"), "best_lr": m["best_lr"], "dev": m["dev"], "dev_score": m["dev_score"],
             "seconds": m["seconds"]}
 
 
-def adapt(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+def run_adapt(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
     """Masks learned over the frozen dense pre-trained model, to the run's sparsity, at one score learning rate."""
-    from ..training.adapt import AdaptConfig, adapt as run_adapt
+    from ..pipelines.adapt_by_pruning import AdaptConfig, adapt as run_adapt
 
     a = spec.adapt
-    cfg = AdaptConfig(model=_result_of(root, run.params["source"])["model"], task=run.params["task"], out=str(work),
-                      data_dir=_glue_dir(spec, data_dir), sparsity=run.params["sparsity"], lrs=[run.params["lr"]],
+    cfg = AdaptConfig(**_glue_run(spec, data_dir, root, run, work), sparsity=run.params["sparsity"], lrs=[run.params["lr"]],
                       head_lr=a.head_lr, penalty=a.penalty, ramp=a.ramp, band=a.band, exact=a.exact,
-                      epochs=a.epochs or spec.finetune.epochs, seed=run.params["seed"], **_sizes(spec))
+                      epochs=a.epochs or spec.finetune.epochs)
     m = run_adapt(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
 
 
-def distill(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+def run_distill(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
     """The dense pre-trained model pruned (cubic) to the run's sparsity while fine-tuning: taught by the task's
     teacher run (distill), or on the task loss alone (pruned_during_finetuning)."""
-    from ..training.distill import DistillConfig, distill_prune
+    from ..pipelines.distill_prune import DistillConfig, distill_prune
 
-    d = spec.distill
     teacher_model = _result_of(root, run.params["teacher"])["model"] if run.params.get("teacher") else None
-    cfg = DistillConfig(model=_result_of(root, run.params["source"])["model"], teacher=teacher_model, task=run.params["task"],
-                        out=str(work), data_dir=_glue_dir(spec, data_dir), sparsity=run.params["sparsity"],
-                        lrs=[run.params["lr"]], epochs=spec.finetune.epochs, seed=run.params["seed"],
-                        temperature=d.temperature, alpha_attention=d.alpha_attention, alpha_hidden=d.alpha_hidden,
-                        alpha_logits=d.alpha_logits, alpha_hard=d.alpha_hard, prune_end=d.prune_end,
-                        prune_every=d.prune_every, criterion=spec.criterion, scope=spec.scope, **_sizes(spec))
+    cfg = DistillConfig(**_glue_run(spec, data_dir, root, run, work), **dataclasses.asdict(spec.distill), teacher=teacher_model,
+                        sparsity=run.params["sparsity"], lrs=[run.params["lr"]], epochs=spec.finetune.epochs,
+                        criterion=spec.criterion, scope=spec.scope)
     m = distill_prune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"], "seconds_per_step": m["seconds_per_step"],
             "teacher_share": m["teacher_share"], "peak_memory_mb": m["peak_memory_mb"]}
 
 
-# kind -> executor; looked up when a run starts (tests replace entries to simulate failures)
-KINDS: dict[str, Callable[[StudySpec, Path | None, Path, Run, Path], dict]] = {
-    "pretrain": pretrain, "droplayers": droplayers, "finetune": finetune, "teacher": teacher, "adapt": adapt,
-    "distill": distill,
+@dataclass(frozen=True)
+class RunKind:
+    """A kind of study run: what ``prunelab study plan`` calls it, and the function that does one."""
+
+    label: str
+    run: Callable[[StudySpec, Path | None, Path, Run, Path], dict]
+
+
+# kind -> RunKind, in the order runs are listed and started; looked up when a run starts (tests replace entries)
+RUN_KINDS: dict[str, RunKind] = {
+    "pretrain": RunKind("pre-training", run_pretrain),
+    "droplayers": RunKind("layer dropping", run_droplayers),
+    "finetune": RunKind("fine-tuning", run_finetune),
+    "teacher": RunKind("teacher", run_teacher),
+    "adapt": RunKind("mask learning", run_adapt),
+    "distill": RunKind("pruning while fine-tuning", run_distill),
 }

@@ -5,7 +5,7 @@ The story of a run:
        ``prunelab finetune --save-model``) and check it against the task and the student: head, labels,
        vocabulary, width, depth; nothing is written before these checks pass;
     2. read and tokenize the task; then for each learning rate, from the same starting weights:
-    3. load the student with a fresh classifier (seeded) and train it with ``prunelab.distill``'s loss
+    3. load the student with a fresh classifier (seeded) and train it with ``prunelab.methods.kd_losses``'s loss
        (attention + hidden states + soft logits, optionally the gold labels) against the frozen teacher;
     4. meanwhile prune it: cubic 0 -> ``sparsity`` over the first ``prune_end`` of training, masks updated
        every ``prune_every`` steps and held afterwards, so the final sparsity is exact;
@@ -13,98 +13,55 @@ The story of a run:
        measure seconds per step, the teacher forward's share of them and peak memory.
 
 ``teacher=None`` is the baseline: the same run with the task loss only, i.e. magnitude pruning during
-fine-tuning on the same budget. ``<out>/metrics.json`` holds what ``finetune``'s does plus those costs.
+fine-tuning on the same budget. ``<out>/metrics.json`` (``grid.run_grid``) holds what ``finetune``'s does plus
+those costs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback, set_seed
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
-from ..artifact import load_model, save_artifact
+from ..artifact import load_model, load_tokenizer
 from ..config import PruningConfig, versions
-from ..distill import DistillWeights, distill_terms, layer_map, total_loss
-from ..glue import Task, compute_metrics, get_task
+from ..data.glue import Task, compute_metrics, get_task
+from ..integrations.hf_trainer import attach, quiet
+from ..methods.kd_losses import DistillSettings, DistillWeights, distill_terms, layer_map, total_loss
 from ..pruner import Pruner
-from .finetune import _keep_only_best_model, evaluate_all, load_data
-from .run import (METRICS_FILE, attach_log_file, attach_pruner, detach_log_file, is_main_process, last_checkpoint,
-                  prepare_run_dir, quiet, save_run_config, training_arguments, write_json)
+from .common import check_number, last_checkpoint, optimizer_steps, training_arguments
+from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class DistillConfig:
+@dataclass(kw_only=True)
+class DistillConfig(GlueOptions, DistillSettings):
     """A knowledge-aware sparse pruning run (see the module docstring); `teacher=None` is the baseline,
-    which ignores the loss weights and the temperature."""
+    which ignores the loss weights and the temperature. See ``GlueOptions`` and ``DistillSettings`` for the rest."""
 
-    model: str
     teacher: str | None
-    task: str
-    out: str
-    data_dir: str | None = None
-    tokenizer: str | None = None
     sparsity: float = 0.9
-    lrs: list[float] = field(default_factory=lambda: [2e-5, 3e-5, 4e-5, 5e-5])
-    epochs: float = 3.0
-    batch_size: int = 32
-    max_seq_len: int = 128
-    max_train_samples: int | None = None
-    seed: int = 42
-    temperature: float = 1.0
-    alpha_attention: float = 1.0
-    alpha_hidden: float = 1.0
-    alpha_logits: float = 1.0
-    alpha_hard: float = 0.0
-    prune_end: float = 0.7  # fraction of training by which the target sparsity is reached
-    prune_every: int = 10
     criterion: str = "magnitude"
     scope: str = "matrix"
-    warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    grad_accum: int = 1
-    fp16: bool = False
-    bf16: bool = False
-    report_to: str = "none"
-    logging_steps: int = 50
-    progress: bool = True  # the Trainer's progress bars
-    save_model: bool = False
 
     def __post_init__(self) -> None:
-        get_task(self.task)
-        if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError(f"--lr {self.lrs} must be a comma-separated list of positive learning rates, e.g. 2e-5,3e-5")
-        if self.epochs <= 0 or self.batch_size < 1 or self.max_seq_len < 8 or self.grad_accum < 1:
-            raise ValueError("--epochs must be > 0, --batch-size >= 1, --max-seq-len >= 8 and --grad-accum >= 1")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"--max-train-samples {self.max_train_samples} must be >= 1")
-        if not self.temperature > 0:
+        super().__post_init__()
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"--temperature {self.temperature} must be > 0; 1 is the plain softmax, higher softens both distributions")
-        if not 0.0 < self.prune_end <= 1.0:
+        if not (isinstance(self.prune_end, (int, float)) and 0.0 < self.prune_end <= 1.0):
             raise ValueError(f"--prune-end {self.prune_end} must be in (0, 1]: the fraction of training by which the "
                              "sparsity is reached, e.g. 0.7")
-        if self.prune_every < 1:
-            raise ValueError(f"--prune-every {self.prune_every} must be >= 1 (steps between mask updates)")
+        check_number("--prune-every", self.prune_every, low=1, integer=True)
+        check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
-            self.weights()
+            self.weights()  # validates the loss weights
         self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
-
-    def weights(self) -> DistillWeights:
-        return DistillWeights(self.alpha_attention, self.alpha_hidden, self.alpha_logits, self.alpha_hard)
-
-    def total_steps(self, num_train: int) -> int:
-        """Optimizer steps of one run: the Trainer runs exactly these (``max_steps``), so the schedule ends in time."""
-        steps_per_epoch = math.ceil(math.ceil(num_train / self.batch_size) / self.grad_accum)
-        return max(1, math.ceil(self.epochs * steps_per_epoch))
 
     def pruning_config(self, total_steps: int) -> PruningConfig:
         return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, schedule="cubic",
@@ -119,34 +76,19 @@ def distill_prune(cfg: DistillConfig, *, resume: bool = False, overwrite: bool =
     student_config = student.config
     del student
     if cfg.tokenizer:
-        _, tokenizer = load_model(cfg.tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None:
         raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     teacher, mapping = _load_teacher(cfg, task, student_config, tokenizer) if cfg.teacher is not None else (None, None)
-    out = prepare_run_dir(cfg.out, overwrite=overwrite, resume=resume)
-    save_run_config(out, cfg)
-    handler = attach_log_file(out)
-    try:
-        started = time.time()
-        data, _ = load_data(cfg, task, tokenizer)
-        runs = [_run_one_lr(cfg, task, lr, data, tokenizer, teacher, out / f"lr-{lr:g}") for lr in cfg.lrs]
-        best = max(runs, key=lambda r: r["dev_score"])
-        if cfg.save_model and is_main_process():
-            _keep_only_best_model(out, runs, best)
-        metrics = {
-            "task": task.name, "teacher": cfg.teacher,
-            "method": "knowledge-aware sparse pruning" if teacher is not None else "magnitude pruning, task loss only",
-            "layer_map": mapping,
-            "best_lr": best["lr"], "dev": best["dev"], "dev_score": best["dev_score"],
-            "train_loss_full": best["train_loss_full"], "sparsity": best["sparsity"], "runs": runs,
-            "train_examples": len(data["train"]), "seconds_per_step": best["seconds_per_step"],
-            "teacher_share": best["teacher_share"], "peak_memory_mb": best["peak_memory_mb"],
-            "peak_memory_of": _peak_memory_source(), "seconds": time.time() - started, "versions": versions(),
-        }
-        write_json(out / METRICS_FILE, metrics)
-        return metrics
-    finally:
-        detach_log_file(handler)
+
+    def summary(best: dict) -> dict:
+        return {"teacher": cfg.teacher, "layer_map": mapping,
+                "method": "knowledge-aware sparse pruning" if teacher is not None else "magnitude pruning, task loss only",
+                "seconds_per_step": best["seconds_per_step"], "teacher_share": best["teacher_share"],
+                "peak_memory_mb": best["peak_memory_mb"], "peak_memory_of": _peak_memory_source()}
+
+    return run_grid(cfg, lambda lr, data, tok, run_dir: _run_one_lr(cfg, task, lr, data, tok, teacher, run_dir), summary,
+                    resume=resume, overwrite=overwrite, tokenizer=tokenizer)
 
 
 def _load_teacher(cfg: DistillConfig, task: Task, student_config, tokenizer) -> tuple[torch.nn.Module, list[int] | None]:
@@ -240,26 +182,14 @@ class _StepTimer(TrainerCallback):
             self.steps += 1
 
 
-def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer, teacher, run_dir: Path) -> dict:
-    result_path = run_dir / "result.json"
-    if result_path.is_file():  # finished earlier: never redone
-        logger.info("lr %g already finished in %s", lr, run_dir)
-        return json.loads(result_path.read_text())
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    problem = "regression" if task.is_regression else "single_label_classification"
-    set_seed(cfg.seed)  # the fresh classifier is initialised while loading: seed first
-    model, _ = load_model(cfg.model, model_class=AutoModelForSequenceClassification, num_labels=task.num_labels, problem_type=problem)
+def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer, teacher, run_dir) -> RunOutcome:
+    model = load_classifier(cfg.model, task, cfg.seed)
     if teacher is not None and cfg.alpha_attention > 0:
         model.set_attn_implementation("eager")
-    total_steps = cfg.total_steps(len(data["train"]))
-    args = training_arguments(
-        run_dir / "checkpoints", seed=cfg.seed, learning_rate=lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        fp16=cfg.fp16, bf16=cfg.bf16, report_to=cfg.report_to, logging_steps=cfg.logging_steps, disable_tqdm=not cfg.progress,
-        max_steps=total_steps, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        save_strategy="epoch", eval_strategy="no",
-    )
+    total_steps = optimizer_steps(cfg.epochs, len(data["train"]), cfg.batch_size, cfg.grad_accum)
+    args = training_arguments(run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(), max_steps=total_steps,
+                              warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, save_strategy="epoch",
+                              eval_strategy="no")
     trainer = _DistillTrainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer),
                               compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids), teacher=teacher,
                               weights=cfg.weights() if teacher is not None else None, temperature=cfg.temperature,
@@ -267,7 +197,7 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     if not cfg.progress:
         quiet(trainer)
     pruner = Pruner(model, cfg.pruning_config(total_steps))
-    attach_pruner(trainer, pruner)
+    attach(trainer, pruner)
     timer = _StepTimer()
     trainer.add_callback(timer)  # after the pruner's callback: a step's time includes its mask update
     if torch.cuda.is_available():
@@ -275,27 +205,18 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
     peak_memory_mb = _peak_memory_mb()
 
-    report = pruner.report()
+    report = pruner.sparsity_report()
     if pruner.target_sparsity != cfg.sparsity:
         raise RuntimeError(f"the schedule ended at sparsity {pruner.target_sparsity}, not {cfg.sparsity}; "
                            f"end step {pruner.config.end_step} of {trainer.state.global_step}")
     result = {
-        "lr": lr, **evaluate_all(trainer, task, data),
-        "sparsity": report["overall"]["sparsity"], "steps": trainer.state.global_step, "seconds": time.time() - started,
-        "seconds_per_step": timer.seconds / max(timer.steps, 1),
-        "teacher_share": trainer.teacher_seconds / timer.seconds if timer.seconds else 0.0,
-        "peak_memory_mb": peak_memory_mb,
+        "lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"],
+        "steps": trainer.state.global_step, "seconds_per_step": timer.seconds / max(timer.steps, 1),
+        "teacher_share": trainer.teacher_seconds / timer.seconds if timer.seconds else 0.0, "peak_memory_mb": peak_memory_mb,
     }
-    if cfg.save_model and is_main_process():
-        info = {"source": cfg.model, "teacher": cfg.teacher, "task": task.name, "config": pruner.config.to_dict(),
-                "versions": versions(), "report": report, "distill": result}
-        save_artifact(model, tokenizer, pruner.masks, info, run_dir / "model", overwrite=True)
-        result["model"] = str(run_dir / "model")
-    write_json(run_dir / "log_history.json", {"log_history": trainer.state.log_history})
-    write_json(result_path, result)
-    if is_main_process():  # the run is done; its result is what resumes use
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return result
+    info = {"source": cfg.model, "teacher": cfg.teacher, "task": task.name, "config": pruner.config.to_dict(),
+            "versions": versions(), "report": report, "distill": result}
+    return RunOutcome(result, trainer, (model, tokenizer, pruner.masks, info))
 
 
 def _clock(device) -> float:

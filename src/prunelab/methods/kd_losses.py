@@ -45,6 +45,24 @@ class DistillWeights:
                              "--alpha-logits, --alpha-hard above 0")
 
 
+@dataclass(kw_only=True)
+class DistillSettings:
+    """How a student learns from its teacher while pruned: the loss weights (``DistillWeights``), the softmax
+    temperature of the logits loss, and the cubic schedule's end (a fraction of training) and update interval.
+    Shared by ``prunelab distill-prune`` and the study's ``[distill]`` section."""
+
+    temperature: float = 1.0
+    alpha_attention: float = 1.0
+    alpha_hidden: float = 1.0
+    alpha_logits: float = 1.0
+    alpha_hard: float = 0.0
+    prune_end: float = 0.7  # fraction of training by which the target sparsity is reached
+    prune_every: int = 10
+
+    def weights(self) -> DistillWeights:
+        return DistillWeights(self.alpha_attention, self.alpha_hidden, self.alpha_logits, self.alpha_hard)
+
+
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """TinyBERT's uniform layer mapping: student layer i -> teacher layer g(i) (both 0-based).
 

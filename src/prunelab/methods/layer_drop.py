@@ -19,26 +19,14 @@ import time
 import torch
 from torch import nn
 
-from .targets import _base_prefix, supported_model_types
-
-# model_type -> (ModuleList of layers inside the base model, config attribute holding their number)
-LAYER_STACKS = {
-    "bert": ("encoder.layer", "num_hidden_layers"),
-    "roberta": ("encoder.layer", "num_hidden_layers"),
-    "electra": ("encoder.layer", "num_hidden_layers"),
-    "distilbert": ("transformer.layer", "n_layers"),
-    "xlnet": ("layer", "n_layer"),
-}
+from ..targets import architecture, base_model
 STRATEGIES = ("top", "bottom", "alternate-even", "alternate-odd", "symmetric", "contribution")
 
 
 def _stack(model: nn.Module) -> tuple[nn.Module, str, str]:
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in LAYER_STACKS:
-        raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
-    base, _ = _base_prefix(model)
-    path, attribute = LAYER_STACKS[model_type]
-    return base, path, attribute
+    """The base model, the path of its layer stack and the config attribute counting the layers."""
+    arch = architecture(model)
+    return base_model(model)[0], arch.layers, arch.num_layers_attr
 
 
 def num_layers(model: nn.Module) -> int:
@@ -77,7 +65,7 @@ def contribution_scores(model: nn.Module, tokenizer, texts: list[str], batch_siz
     """
     model.eval()
     device = next(model.parameters()).device
-    base, _ = _base_prefix(model)
+    base, _ = base_model(model)
     last = model.config.model_type == "xlnet"
     sums, count = None, 0
     for start in range(0, len(texts), batch_size):
@@ -141,49 +129,3 @@ def inference_seconds(model: nn.Module, batch: dict, repeats: int = 5) -> float:
         model(**batch)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
-
-
-def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: int | None = None,
-                  layers: list[int] | None = None, threshold: float | None = None, text: str | None = None,
-                  overwrite: bool = False) -> dict:
-    """Load `model`, drop layers (by `strategy` or explicit `layers`), measure, and save to `out` atomically.
-
-    Returns:
-        What ``prunelab.json`` holds: the dropped layers, contribution scores when used, parameters and
-        median forward-pass seconds before and after (same batch, same run).
-    """
-    from .analysis.common import load_texts
-    from .artifact import check_out_dir, load_model, save_artifact
-    from .config import versions
-
-    check_out_dir(out, overwrite)
-    loaded, tokenizer = load_model(model)
-    n = num_layers(loaded)
-    texts = load_texts(text)
-    scores = None
-    if layers is None:
-        if strategy == "contribution":
-            if tokenizer is None:
-                raise ValueError(f"the contribution strategy needs a tokenizer and {model!r} has none")
-            scores = contribution_scores(loaded, tokenizer, texts)
-            layers = choose_by_contribution(scores, count=count, threshold=threshold)
-        else:
-            if count is None:
-                raise ValueError(f"--strategy {strategy} needs --count K")
-            layers = layers_to_drop(n, strategy, count)
-    if tokenizer is not None:
-        batch = tokenizer(texts[:16], padding=True, truncation=True, max_length=128, return_tensors="pt")
-    else:
-        batch = {"input_ids": torch.randint(5, loaded.config.vocab_size, (16, 64))}
-    params_before = sum(p.numel() for p in loaded.parameters())
-    seconds_before = inference_seconds(loaded, batch)
-    drop_layers(loaded, layers)
-    info = {
-        "source": model, "strategy": strategy or "explicit", "dropped": sorted(layers), "layers_before": n,
-        "layers_after": num_layers(loaded), "contribution_scores": scores, "params_before": params_before,
-        "params_after": sum(p.numel() for p in loaded.parameters()), "seconds_before": seconds_before,
-        "seconds_after": inference_seconds(loaded, batch), "timing_batch": list(batch["input_ids"].shape),
-        "versions": versions(),
-    }
-    save_artifact(loaded, tokenizer, None, info, out, overwrite=overwrite)
-    return info

@@ -1,0 +1,1 @@
+"""Thin integrations with training frameworks: they forward events to the Pruner and hold no pruning logic."""

@@ -1,0 +1,162 @@
+"""The one atomic writer: every file prunelab writes appears whole or not at all.
+
+Each writer fills a temporary sibling ``.<name>.tmp-<pid>`` and renames it over the target (``os.replace`` is
+atomic on POSIX and Windows), so a reader, or a run resumed after a kill, never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+# A test hook: called with a step's name between the file operations of ``atomic_directory`` and of the study
+# runner, so that tests can kill the process exactly there (``os._exit``) and check what the next run recovers.
+crash_point: Callable[[str], None] | None = None
+
+
+def step(name: str) -> None:
+    """Mark the place between two file operations named `name` (see ``crash_point``)."""
+    if crash_point is not None:
+        crash_point(name)
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """Sorted, indented JSON: the form every prunelab JSON file is written in."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse the JSON file `path`; a corrupt or unreadable one is a ``ValueError`` naming the file and the line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is corrupt (line {err.lineno}: {err.msg}); delete or restore it") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {err.start}); delete or restore it") from None
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write `data` as sorted JSON (``dumps``) to `path` atomically."""
+    return write_text(path, dumps(data))
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG to `path` atomically."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+# -- whole directories --------------------------------------------------------------------------------
+#
+# A directory is built in ``.<name>.tmp-<pid>``, renamed to ``.<name>.new-<pid>`` once complete, and then swapped
+# in: the old one (if any) to ``.<name>.old-<pid>``, the new one to ``<name>``, the old one deleted. At every
+# moment either ``<name>`` or a complete ``.new`` exists, so ``recover_directory`` can finish a swap that a kill
+# interrupted, and delete what a dead writer left half-built.
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _siblings(path: Path, stage: str, own: bool) -> list[Path]:
+    """Leftovers ``.<name>.<stage>-<pid>`` beside `path` whose writer is dead (or is this process, if `own`: a
+    process writes one directory at a time, so at the start of a write its own leftovers are a dead predecessor's
+    whose pid it inherited, e.g. pid 1 in a container)."""
+    found = []
+    for entry in path.parent.glob(f".{path.name}.{stage}-*"):
+        pid = entry.name.rpartition("-")[2]
+        if pid.isdigit() and (own if int(pid) == os.getpid() else not pid_alive(int(pid))):
+            found.append(entry)
+    return found
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover_directory(path: str | os.PathLike, own: bool = False) -> None:
+    """Finish or undo what a killed ``atomic_directory`` of `path` left behind (only its dead writers', and with
+    `own` this process's)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for tmp in _siblings(path, "tmp", own):  # never completed: the old directory (if any) is intact
+        _remove(tmp)
+    for new in _siblings(path, "new", own):  # completed: finish the swap, unless `path` was written since
+        if path.exists() and path.stat().st_mtime > new.stat().st_mtime:
+            _remove(new)
+            continue
+        if path.exists():
+            _remove(path)
+        os.rename(new, path)
+    for old in _siblings(path, "old", own):
+        if path.exists():
+            _remove(old)  # the swap finished; only the deletion was left
+        else:
+            os.rename(old, path)  # no newer version exists: restore the old one
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory to fill; on success it replaces `path` (a directory or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path, own=True)
+    pid = os.getpid()
+    tmp, new, old = (path.with_name(f".{path.name}.{stage}-{pid}") for stage in ("tmp", "new", "old"))
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    step("directory built")
+    os.rename(tmp, new)
+    step("directory complete")
+    if path.exists():
+        os.rename(path, old)
+        step("old directory moved aside")
+    os.rename(new, path)
+    step("directory swapped in")
+    if old.exists():
+        _remove(old)

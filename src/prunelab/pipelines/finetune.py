@@ -1,0 +1,103 @@
+"""GLUE fine-tuning of a (pruned) model with the HF Trainer, over a learning-rate grid, in the paper's regimes.
+
+Regimes (Gordon et al. 2020):
+    * pruned (``masks="held"``): the model's masks are enforced while fine-tuning;
+    * information deletion (``masks="free"``): its zeros are the start, weights may regrow;
+    * pruned after downstream fine-tuning: dense for ``prune_after_epochs``, one-shot pruned to ``sparsity``
+      (``criterion``, ``scope``), then ``epochs`` more with masks held;
+    * random pruning: ``criterion="random"`` wherever a criterion is taken.
+
+The learning-rate grid, the evaluation and ``<out>/metrics.json`` are ``grid.run_grid``'s; this module is one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import DataCollatorWithPadding, Trainer
+
+from ..artifact import mask_selection, saved_masks
+from ..config import PruningConfig, versions
+from ..data.glue import Task, compute_metrics, get_task
+from ..integrations.hf_trainer import attach, quiet
+from ..pruner import Pruner
+from .common import check_number, last_checkpoint, optimizer_steps_per_epoch, training_arguments
+from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(GlueOptions):
+    """A GLUE fine-tuning run; see the module docstring for the regimes and ``GlueOptions`` for the rest."""
+
+    masks: str = "held"
+    prune_after_epochs: float | None = None
+    sparsity: float | None = None
+    criterion: str = "magnitude"
+    scope: str = "matrix"
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.masks not in ("held", "free"):
+            raise ValueError(f"--masks {self.masks!r} is not allowed; use held (pruned) or free (information deletion)")
+        if (self.prune_after_epochs is None) != (self.sparsity is None):
+            raise ValueError("--prune-after-epochs and --sparsity go together (the pruned-after-fine-tuning regime); "
+                             "to fine-tune an already pruned model pass its directory as MODEL")
+        if self.sparsity is not None:
+            PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope)  # validates all three
+            check_number("--prune-after-epochs", self.prune_after_epochs, low=0, low_open=True)
+        else:
+            PruningConfig(criterion=self.criterion, scope=self.scope)
+        check_number("--weight-decay", self.weight_decay, low=0)
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run `cfg` and return what ``<out>/metrics.json`` holds."""
+    task = get_task(cfg.task)
+    return run_grid(cfg, lambda lr, data, tokenizer, run_dir: _run_one_lr(cfg, task, lr, data, tokenizer, run_dir),
+                    lambda best: {"regime": _regime(cfg)}, resume=resume, overwrite=overwrite)
+
+
+def _regime(cfg: FinetuneConfig) -> str:
+    if cfg.prune_after_epochs is not None:
+        return f"pruned after {cfg.prune_after_epochs:g} epochs of fine-tuning ({cfg.criterion})"
+    return {"held": "masks held (pruned)", "free": "masks free (information deletion)"}[cfg.masks]
+
+
+def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenizer, run_dir) -> RunOutcome:
+    model = load_classifier(cfg.model, task, cfg.seed)
+    pruner = _pruner_for(cfg, model, len(data["train"]))
+    args = training_arguments(
+        run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(),
+        num_train_epochs=cfg.epochs + (cfg.prune_after_epochs or 0.0),
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio (transformers 5)
+        weight_decay=cfg.weight_decay, save_strategy="epoch", eval_strategy="no",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids))
+    trainer.loss_is_scaled_for_ga = False  # classification losses are per-batch means: let the Trainer divide by grad_accum
+    if not cfg.progress:
+        quiet(trainer)
+    attach(trainer, pruner)
+    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
+
+    report = pruner.sparsity_report()
+    result = {"lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"],
+              "steps": trainer.state.global_step}
+    info = {"source": cfg.model, "task": task.name, "config": pruner.config.to_dict(), "versions": versions(),
+            "report": report, "finetune": result}
+    return RunOutcome(result, trainer, (model, tokenizer, pruner.masks, info))
+
+
+def _pruner_for(cfg: FinetuneConfig, model, num_train: int) -> Pruner:
+    """The pruner of the regime: an artifact's masks held (or free), or one-shot pruning after `prune_after_epochs`."""
+    masks, info = saved_masks(cfg.model)
+    selection = mask_selection(model, info.get("config", {}), masks)
+    if cfg.prune_after_epochs is not None:
+        steps_per_epoch = optimizer_steps_per_epoch(num_train, cfg.batch_size, cfg.grad_accum)
+        prune_step = max(1, round(cfg.prune_after_epochs * steps_per_epoch))
+        config = PruningConfig(sparsity=cfg.sparsity, criterion=cfg.criterion, scope=cfg.scope, schedule="oneshot",
+                               start_step=prune_step, mode="enforced", seed=cfg.seed, **selection)
+        return Pruner(model, config, masks=masks)
+    mode = "enforced" if cfg.masks == "held" else "free"
+    return Pruner(model, PruningConfig(schedule="constant", mode=mode, **selection), masks=masks)

@@ -1,0 +1,123 @@
+"""The results of a study, read from its runs' result.json files into the report's rows and cells."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.glue import get_task
+from ..io import read_json
+from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, variant
+from .runner import open_study, run_dir, study_status
+
+
+def official_score(result: dict) -> float | None:
+    """The run's GLUE score: the mean of its task's official metrics (averaged over MNLI's two dev splits)."""
+    return result["dev_score"]
+
+
+def paper_metric(result: dict) -> float | None:
+    """The metric Compressing BERT (Gordon et al. 2020) reports: dev accuracy for a classification task (MNLI:
+    the matched split only), Pearson correlation for the regression task STS-B; ``None`` when the run did not
+    record it (a CoLA run from before accuracy was recorded for every task)."""
+    task = get_task(result["task"])
+    metrics = result.get("dev", {}).get(task.dev_splits[0], {})  # "dev", or MNLI's "dev_matched"
+    value = metrics.get("pearson" if task.is_regression else "accuracy")
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a cell measures: `of` reads it (0-1) from a result dict; `name` is how figure titles call it."""
+
+    key: str
+    name: str
+    of: Callable[[dict], float | None]
+
+
+OFFICIAL = Metric("official", "GLUE dev score", official_score)
+PAPER = Metric("paper", "dev accuracy (as in the paper)", paper_metric)
+
+
+def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
+    """Read every finished run of the study in `root` into the table's cells.
+
+    Cells: for each regime x sparsity x task, the best dev `metric` over learning rates (each learning rate's
+    value averaged over seeds), scaled to 0-100 as GLUE reports it, with the loss over the whole training set
+    of that run beside it. The pre-training loss is the MLM dev loss of the model the regime starts from. A
+    cell whose runs have not finished (or lack the metric) is ``None``, so a partial study reports too.
+
+    Returns:
+        ``{"spec", "tasks", "regimes", "rows": [{"regime", "sparsity", "pretrain_loss", "cells": {task: {"score",
+        "train_loss", "lr"} | None}, "average": {...} | None}], "layer_drop": [...] | None, "status", "metric"}``,
+        where "regimes" are those varying sparsity (Table 1's) and "layer_drop" the layer-drop table's rows
+        (see ``_layer_drop_rows``), ``None`` when the study has no layer_drop regime.
+    """
+    root = Path(root)
+    spec, _ = open_study(root)
+    results = {}
+    for run in expand(spec):
+        path = run_dir(root, run.id) / "result.json"
+        if path.is_file():
+            results[run.id] = read_json(path, "result file")
+    tasks = [get_task(t).name for t in spec.finetune.tasks]
+    regimes = [r for r in spec.regimes if REGIMES[r].per_sparsity]
+    rows = []
+    for regime in regimes:
+        for sparsity in spec.sparsities:
+            criterion = "random" if regime == "random" else spec.criterion
+            source = pretrain_id(0.0 if regime in DENSE_START else sparsity, criterion)
+            pre = results.get(source)
+            cells = {task: _best_cell(results, variant(regime, sparsity), task, spec, metric) for task in tasks}
+            rows.append({"regime": regime, "sparsity": sparsity, "pretrain_loss": pre["dev_loss_after"] if pre else None,
+                         "cells": cells, "average": _average(cells)})
+    layer_drop = _layer_drop_rows(results, spec, tasks, metric) if "layer_drop" in spec.regimes else None
+    return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "layer_drop": layer_drop,
+            "status": study_status(root), "metric": metric}
+
+
+def _average(cells: dict) -> dict | None:
+    if not all(cells.values()):
+        return None
+    return {"score": float(np.mean([c["score"] for c in cells.values()])),
+            "train_loss": float(np.mean([c["train_loss"] for c in cells.values()]))}
+
+
+def _layer_drop_rows(results: dict, spec, tasks: list[str], metric: Metric) -> list[dict]:
+    """The dense row, then one per strategy x count: ``{"strategy", "count", "dropped", "layers",
+    "layers_after", "params_kept", "time_ratio", "cells", "average"}``; measurements are ``None`` until
+    the run that drops the layers has finished."""
+    dropped = {(s, k): results.get(droplayers_id(s, k)) for s in spec.layer_drop.strategies for k in spec.layer_drop.counts}
+    layers = next((r["layers_before"] for r in dropped.values() if r), None)
+    dense_cells = {task: _best_cell(results, variant("dense", 0.0), task, spec, metric) for task in tasks}
+    rows = [{"strategy": "dense", "count": 0, "dropped": [], "layers": layers, "layers_after": layers, "params_kept": 1.0,
+             "time_ratio": 1.0, "cells": dense_cells, "average": _average(dense_cells)}]
+    for (strategy, count), run in dropped.items():
+        name = variant("layer_drop", strategy=strategy, count=count)
+        cells = {task: _best_cell(results, name, task, spec, metric) for task in tasks}
+        rows.append({
+            "strategy": strategy, "count": count, "dropped": run["dropped"] if run else None, "layers": layers,
+            "layers_after": run["layers_after"] if run else None,
+            "params_kept": run["params_after"] / run["params_before"] if run else None,
+            "time_ratio": run["seconds_after"] / run["seconds_before"] if run else None,
+            "cells": cells, "average": _average(cells),
+        })
+    return rows
+
+
+def _best_cell(results: dict, variant_name: str, task: str, spec, metric: Metric) -> dict | None:
+    """The learning rate with the best `metric` averaged over seeds; ``None`` if any run is missing or lacks it."""
+    by_lr = {}
+    for lr in learning_rates(spec, variant_name.split("-")[0]):
+        runs = [results.get(finetune_id(variant_name, task, lr, seed)) for seed in spec.finetune.seeds]
+        if any(r is None for r in runs):
+            return None  # a missing run makes the cell missing: the best of a partial grid is not the best
+        values = [metric.of(r) for r in runs]
+        if any(v is None for v in values):
+            return None  # never a number from another metric
+        by_lr[lr] = (float(np.mean(values)) * 100, float(np.mean([r["train_loss_full"] for r in runs])))
+    lr = max(by_lr, key=lambda k: by_lr[k][0])
+    return {"score": by_lr[lr][0], "train_loss": by_lr[lr][1], "lr": lr}
