@@ -49,6 +49,9 @@ def world(tmp_path, glue_dir):  # noqa: F811
                          ("wrong-shape", lambda m: {**m, "encoder.layer.0.output.dense.weight": m["encoder.layer.0.output.dense.weight"][:, :16]})):
         shutil.copytree(pruned, tmp_path / name)
         save_masks(change(load_masks(pruned / "masks.safetensors")), tmp_path / name / "masks.safetensors")
+    typo = tmp_path / "typo-config"
+    shutil.copytree(model, typo)
+    (typo / "config.json").write_text((typo / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": "2"'))
     regular = tmp_path / "a-file"
     regular.write_text("not a directory")
     return {"model": str(model), "partial": str(partial), "glue": str(glue_dir), "stsb_nan": str(stsb),
@@ -69,6 +72,7 @@ CASES = [
      "lacks the prunable weight 'bert.encoder.layer.1.attention.self.query.weight'"),
     (lambda w: ["prune", "models/does-not-exist", "--sparsity", "0.5", "--out", str(w["tmp"] / "out")], "no such local path either"),
     (lambda w: ["inspect", w["partial"]], "lacks the prunable weight"),
+    (lambda w: ["inspect", str(w["tmp"] / "typo-config")], "num_hidden_layers' expected int, got str"),
     (lambda w: ["inspect", str(w["tmp"] / "extra-mask")], "unexpected ['encoder.layer.9.output.dense.weight']"),
     (lambda w: ["inspect", str(w["tmp"] / "wrong-shape")], "the mask of 'encoder.layer.0.output.dense.weight' has shape (32, 16)"),
     (lambda w: glue("finetune", w, "--grad-accum", "0"), "--grad-accum 0 must be a whole number >= 1"),

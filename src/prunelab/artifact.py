@@ -64,7 +64,7 @@ def load_config(model: str, *, trust_remote_code: bool = False) -> tuple[str, ob
         raise FileNotFoundError(f"model {model!r} is not a directory; pass a model directory, a hub id or 'minilm'")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # OSError, ValueError, and transformers' strict validation of config.json field types
         where = ("directory" if os.path.isdir(path) else
                  "hub id (no such local path either; a hub id needs network access to the Hugging Face hub)")
         raise ValueError(f"cannot read model {model!r} as a {where}: {_first_line(err)}") from None
@@ -249,5 +249,6 @@ def inspect(model: str, include: str | None = None, exclude: str | None = None) 
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
+    """The message of `err` on one line: its first line, and the next one too when the first ends in a colon."""
+    lines = [line.strip() for line in (str(err).strip() or type(err).__name__).splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
