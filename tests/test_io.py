@@ -118,3 +118,20 @@ def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next
     assert record["id"] == run.id and status_of(root, run) == "done"
     assert study_status(root)["failed"] == 0 and not (run_dir(root, run.id) / "claim.json").exists()
     assert not list(run_dir(root, run.id).glob(".*"))  # no temporary files left behind
+
+
+def test_half_written_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    from prunelab.study.runner import clear_stale_claims
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # `pid` is now a dead writer's
+    run = tmp_path / "runs" / "finetune-x"
+    run.mkdir(parents=True)
+    dead = [run / f".result.json.tmp-{pid}", run / f".claim.json.tmp-{pid}", run / f".claim.{pid}"]
+    live = [run / f".result.json.tmp-{os.getppid()}"]
+    for f in dead + live:
+        f.write_text("{half")
+    clear_stale_claims(tmp_path)
+    assert [f.exists() for f in dead + live] == [False, False, False, True]

@@ -93,6 +93,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_dead_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the temporary files (``.<name>.tmp-<pid>``) that writers killed mid-write left in `directory`."""
+    for entry in Path(directory).glob(".*.tmp-*"):
+        pid = entry.name.rpartition("-")[2]
+        if entry.is_file() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            entry.unlink(missing_ok=True)
+
+
 def _siblings(path: Path, stage: str, own: bool) -> list[Path]:
     """Leftovers ``.<name>.<stage>-<pid>`` beside `path` whose writer is dead (or is this process, if `own`: a
     process writes one directory at a time, so at the start of a write its own leftovers are a dead predecessor's

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from ..config import from_dict
-from ..io import dumps, pid_alive, read_json, step, write_json, write_text
+from ..io import dumps, pid_alive, read_json, remove_dead_temporaries, step, write_json, write_text
 from .executors import EXECUTORS
 from .plan import Run, expand
 from .run_kinds import RUN_KINDS
@@ -149,13 +149,19 @@ def _link_or_create(source: Path, claim_file: Path) -> None:
 
 
 def clear_stale_claims(root: Path) -> None:
-    """Delete the claims a dead runner left on finished runs (a kill can come after a run's result, before its claim
-    is released). Claims on unfinished runs are left to ``claim``, which retakes them exclusively."""
-    for path in Path(root).glob("runs/*/claim.json"):
-        finished = (path.parent / "result.json").is_file() or (path.parent / "error.json").is_file()
-        existing = _read_claim(path.parent)
+    """Delete what dead runners left in the run directories: half-written files, and the claims on finished runs
+    (a kill can come after a run's result, before its claim is released). Claims on unfinished runs are left to
+    ``claim``, which retakes them exclusively."""
+    for d in Path(root).glob("runs/*"):
+        remove_dead_temporaries(d)
+        for mine in d.glob(".claim.*"):  # claim()'s own file, linked then removed
+            pid = mine.name.rpartition(".")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                mine.unlink(missing_ok=True)
+        finished = (d / "result.json").is_file() or (d / "error.json").is_file()
+        existing = _read_claim(d)
         if finished and existing is not None and _stale(existing):
-            path.unlink(missing_ok=True)
+            (d / "claim.json").unlink(missing_ok=True)
 
 
 def _claim_record() -> str:
