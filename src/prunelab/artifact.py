@@ -21,6 +21,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from .compressed import is_compressed, load_checkpoint, load_masks_of
 from .config import PruningConfig, versions
 from .io import atomic_directory, read_json, recover_directory, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
@@ -96,8 +97,18 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
     for key, value in kwargs.items():  # e.g. num_labels, problem_type
         setattr(config, key, value)
     try:
-        loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
-                                                      output_loading_info=True)
+        if is_compressed(path):  # decoded (and checksummed) here; transformers builds the model from the tensors
+            state, _ = load_checkpoint(path)
+            if hasattr(model_class, "_model_mapping"):  # an Auto class picks its class from a path; we have tensors
+                model_class = model_class._model_mapping[type(config)]
+            loaded, loading = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
+        else:
+            loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                          output_loading_info=True)
+    except ValueError as err:
+        if is_compressed(path):
+            raise
+        raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
     except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint
         raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
     _check_targets_loaded(model, loaded, loading)
@@ -194,6 +205,8 @@ def saved_masks(model: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """The keep masks and ``prunelab.json`` saved with an artifact (``None, {}`` for a plain model)."""
     path = Path(resolve_model_path(model))
     info = read_json(path / INFO_FILE, "artifact info") if (path / INFO_FILE).is_file() else {}
+    if is_compressed(path):
+        return load_masks_of(path), info
     masks = load_masks(path / MASKS_FILE) if (path / MASKS_FILE).is_file() else None
     return masks, info
 

@@ -137,10 +137,12 @@ class Pruner:
 
     @torch.no_grad()
     def apply(self, names: list[str] | None = None) -> None:
-        """Zero the pruned weights in place (one multi-tensor multiply over all targets, or over `names`)."""
+        """Zero the pruned weights in place (one multi-tensor multiply over all targets, or over `names`), as +0.0."""
         names = list(self.masks) if names is None else names
         if self.masks and names:
-            torch._foreach_mul_([self._params[n] for n in names], [self._factor(n) for n in names])
+            params = [self._params[n] for n in names]
+            torch._foreach_mul_(params, [self._factor(n) for n in names])
+            torch._foreach_add_(params, 0.0)  # -w * 0 is -0.0: make every pruned weight +0.0, bit for bit
 
     # -- the optimizer --------------------------------------------------------------------------------
 

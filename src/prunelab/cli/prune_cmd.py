@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..artifact import prune
 from ..config import PruningConfig
+from .compress_cmd import add_codec, summary
 from .options import add_criterion_and_scope, add_model, add_out, ints
 
 
@@ -16,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--include", help="comma-separated kinds to prune (default: all)")
     p.add_argument("--exclude", help="comma-separated kinds not to prune, e.g. embeddings,pooler")
     p.add_argument("--layers", help="comma-separated layer indices to prune (default: all)")
+    p.add_argument("--compress", action="store_true", help="store it compressed (see `prunelab compress`)")
+    add_codec(p)
     add_out(p)
     p.set_defaults(run=run)
 
@@ -34,5 +37,9 @@ def run(args) -> int:
     info = prune(args.model, config, args.out, overwrite=args.overwrite)
     overall = info["report"]["overall"]
     print(f"pruned {args.model} to {overall['sparsity']:.2%} sparsity over {overall['numel']:,} weights -> {args.out}")
+    if args.compress:
+        from ..compressed import compress
+
+        print(summary(compress(args.out, args.out, codec=args.codec, overwrite=True), args.out))
     return 0
 

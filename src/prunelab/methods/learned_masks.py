@@ -160,5 +160,5 @@ class MaskLearner:
         for t in self.targets:
             module, attr = self._owner(t)
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-            getattr(module, attr).mul_(masks[t.name].to(getattr(module, attr).dtype))
+            getattr(module, attr).mul_(masks[t.name].to(getattr(module, attr).dtype)).add_(0.0)  # pruned: +0.0, not -0.0
         return masks

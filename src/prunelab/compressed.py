@@ -1,0 +1,358 @@
+"""Compressed pruned checkpoints: each pruned weight as a bitmask plus its kept values, entropy-coded, bit-exact.
+
+The file ``model.prunelab.safetensors`` (beside ``config.json``, the tokenizer files and ``prunelab.json``) holds,
+for every tensor ``K`` of the model's checkpoint (tied weights once, as ``save_pretrained`` stores them):
+
+* a pruned weight (a key the artifact's masks cover): ``K::bitmask`` and ``K::values``. Decoded, the bitmask is
+  the keep mask in the sparse-bitmask layout of ``masks_io`` (uint8 ``[rows, ceil(cols/8)]``, column ``j`` in bit
+  ``j % 8`` of byte ``j // 8``); the values are the kept weights in row-major order, in the weight's dtype;
+* any other tensor: ``K`` as it is.
+
+Codec ``none`` stores the bitmask and the values as plain tensors (uint8, and the weight's dtype). Codec ``zstd``
+stores each as one zstd frame (a uint8 tensor) of a transform: the bitmask's bytes as they are; the values split
+into planes, the exponent (one byte per value) and then the sign with the mantissa (little-endian bytes, lowest
+first), so that the exponent plane, whose entropy is a few bits, compresses and the rest is not disturbed.
+
+The file's metadata: ``format = prunelab-compressed``, ``version = 1`` and ``tensors``, a JSON object giving each
+``K`` its ``shape``, ``dtype``, ``layout`` (``sparse`` or ``dense``), ``nnz`` (kept values), ``codec`` and the
+SHA-256 of its decoded dense bytes, which decoding verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .io import atomic_output
+from .masks_io import pack_mask, unpack_mask
+
+COMPRESSED_FILE = "model.prunelab.safetensors"
+FORMAT, VERSION = "prunelab-compressed", "1"
+CODECS = ("none", "zstd")
+# dtype -> (exponent bits, mantissa bits) of the floating-point formats the transform splits
+FLOATS = {torch.float32: (8, 23), torch.float16: (5, 10), torch.bfloat16: (8, 7)}
+_INTS = {torch.float32: (np.uint32, torch.int32), torch.float16: (np.uint16, torch.int16),
+         torch.bfloat16: (np.uint16, torch.int16)}
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+                                                        torch.bool)}
+ZSTD_LEVEL = 9
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:
+        raise ValueError("codec zstd needs the zstandard package: pip install zstandard (or --codec none)") from None
+    return zstandard
+
+
+def sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (row-major, its own dtype)."""
+    return hashlib.sha256(_bytes(tensor)).hexdigest()
+
+
+def _bytes(tensor: torch.Tensor) -> bytes:
+    t = tensor.detach().to("cpu").contiguous()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+# -- the value transform ----------------------------------------------------------------------------
+
+
+def split_planes(values: torch.Tensor) -> bytes:
+    """Floating-point `values` (1-D) as planes: the exponent byte of every value, then the sign and mantissa
+    bytes (lowest first). Other dtypes: their bytes as they are."""
+    if values.dtype not in FLOATS:
+        return _bytes(values)
+    exp_bits, mant_bits = FLOATS[values.dtype]
+    uint, _ = _INTS[values.dtype]
+    bits = values.contiguous().view(_INTS[values.dtype][1]).numpy().view(uint).astype(np.uint64)
+    exponent = ((bits >> mant_bits) & ((1 << exp_bits) - 1)).astype(np.uint8)
+    sign_mantissa = ((bits >> (exp_bits + mant_bits)) << mant_bits) | (bits & ((1 << mant_bits) - 1))
+    width = math.ceil((1 + mant_bits) / 8)
+    planes = [exponent] + [((sign_mantissa >> (8 * i)) & 0xFF).astype(np.uint8) for i in range(width)]
+    return b"".join(p.tobytes() for p in planes)
+
+
+def join_planes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
+    """Inverse of ``split_planes``: `count` values of `dtype` from their planes."""
+    if dtype not in FLOATS:
+        return torch.frombuffer(bytearray(data), dtype=dtype) if count else torch.empty(0, dtype=dtype)
+    exp_bits, mant_bits = FLOATS[dtype]
+    uint, _ = _INTS[dtype]
+    width = math.ceil((1 + mant_bits) / 8)
+    if len(data) != count * (1 + width):
+        raise ValueError(f"{len(data)} bytes of value planes for {count} values of {dtype}")
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(1 + width, count).astype(np.uint64)
+    sign_mantissa = sum(planes[1 + i] << (8 * i) for i in range(width))
+    bits = ((sign_mantissa >> mant_bits) << (exp_bits + mant_bits)) | (planes[0] << mant_bits) \
+        | (sign_mantissa & ((1 << mant_bits) - 1))
+    signed_np = {np.uint32: np.int32, np.uint16: np.int16}[uint]
+    return torch.from_numpy(bits.astype(uint).view(signed_np)).view(dtype)
+
+
+# -- one tensor -------------------------------------------------------------------------------------
+
+
+def encode(key: str, weight: torch.Tensor, mask: torch.Tensor | None, codec: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The stored tensors of checkpoint tensor `key` and its metadata entry; `mask` (bool, True = kept) makes it sparse.
+
+    Raises:
+        ValueError: a weight not zero where its mask prunes (the artifact is inconsistent), or an unknown codec.
+    """
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
+    weight = weight.detach().to("cpu").contiguous()
+    entry = {"shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch."), "sha256": sha256(weight),
+             "layout": "dense" if mask is None else "sparse", "codec": codec}
+    if mask is None:
+        return {key: weight.clone()}, entry  # a copy: tied tensors of a state dict would share storage in the file
+    mask = mask.to("cpu", torch.bool)
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ValueError(f"tensor {key!r}: mask of shape {tuple(mask.shape)} for a weight of shape {tuple(weight.shape)}")
+    if bool((weight[~mask] != 0).any()):
+        raise ValueError(f"tensor {key!r} is not zero where its mask prunes; re-save the artifact from its pruner")
+    negative_zeros = int(torch.signbit(weight[~mask]).sum()) if weight.is_floating_point() else 0
+    if negative_zeros:  # pruned by an older prunelab (-w * 0 = -0.0): stored, like decoded, as +0.0
+        weight = weight.add(0.0)
+        entry.update(sha256=sha256(weight), negative_zeros_made_positive=negative_zeros)
+    values = weight[mask]  # row-major order of the kept positions
+    bitmask = pack_mask(mask)
+    entry["nnz"] = int(values.numel())
+    if codec == "none":
+        return {f"{key}::bitmask": bitmask, f"{key}::values": values}, entry
+    zstd = _zstd().ZstdCompressor(level=ZSTD_LEVEL)
+    frames = {f"{key}::bitmask": zstd.compress(_bytes(bitmask)), f"{key}::values": zstd.compress(split_planes(values))}
+    return {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in frames.items()}, entry
+
+
+def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dense tensor `key` from its stored tensors and metadata entry, checked against its SHA-256, and its keep
+    mask (``None`` for a dense tensor).
+
+    Raises:
+        ValueError: a missing part, a bitmask whose popcount is not the number of values, a failed checksum,
+            naming `source` and the tensor.
+    """
+    where = f"{source}: tensor {key!r}"
+    try:
+        shape, dtype = tuple(entry["shape"]), _DTYPES[entry["dtype"]]
+        mask = None
+        if entry["layout"] == "dense":
+            dense = stored[key]
+        else:
+            bitmask, values = stored[f"{key}::bitmask"], stored[f"{key}::values"]
+            cols = shape[-1] if shape else 1
+            rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+            if entry["codec"] == "zstd":
+                zstd = _zstd().ZstdDecompressor()
+                bitmask = torch.frombuffer(bytearray(zstd.decompress(_bytes(bitmask))), dtype=torch.uint8)
+                bitmask = bitmask.reshape(rows, math.ceil(cols / 8))
+                values = join_planes(zstd.decompress(_bytes(values)), dtype, int(entry["nnz"]))
+            mask = unpack_mask(bitmask, shape)
+            kept = int(mask.sum())
+            if kept != values.numel() or kept != int(entry["nnz"]):
+                raise ValueError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored")
+            dense = torch.zeros(shape, dtype=dtype)
+            dense[mask] = values.to(dtype)
+    except KeyError as err:
+        raise ValueError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    except Exception as err:  # zstd and numpy raise their own types on damaged frames
+        raise ValueError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
+    if tuple(dense.shape) != shape or sha256(dense) != entry["sha256"]:
+        raise ValueError(f"{where}: the checksum of the decoded tensor fails; the file is damaged")
+    return dense, mask
+
+
+# -- whole files ------------------------------------------------------------------------------------
+
+
+def write_compressed(state_dict: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], path: str | os.PathLike,
+                     codec: str = "zstd", targets: dict[str, str] | None = None) -> dict:
+    """Write checkpoint tensors `state_dict` (key -> tensor), the keys in `masks` as sparse, to `path` atomically;
+    `targets` (checkpoint key -> target name) is recorded in the sparse tensors' entries.
+
+    Returns:
+        The metadata's ``tensors`` object.
+    """
+    stored, entries = {}, {}
+    for key, weight in state_dict.items():
+        parts, entries[key] = encode(key, weight, masks.get(key), codec)
+        if targets and key in targets:
+            entries[key]["target"] = targets[key]
+        stored.update(parts)
+    with atomic_output(path) as tmp:
+        save_file(stored, str(tmp), metadata={"format": FORMAT, "version": VERSION, "tensors": json.dumps(entries)})
+    return entries
+
+
+def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The dense checkpoint tensors and the keep masks (bool, keyed by checkpoint key) of a compressed file.
+
+    Raises:
+        ValueError: not a prunelab compressed file, an unknown version, or a damaged tensor, naming file and tensor.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            stored = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is truncated or not safetensors ({str(err).splitlines()[0]})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a prunelab compressed checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("version") != VERSION:
+        raise ValueError(f"{path} has format version {metadata.get('version')!r}; this prunelab reads version {VERSION}: "
+                         "upgrade prunelab")
+    try:
+        entries = json.loads(metadata["tensors"])
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(f"{path} has no readable tensor table; the file is damaged") from None
+    tensors, masks = {}, {}
+    for key, entry in entries.items():
+        tensors[key], mask = decode(key, stored, entry, str(path))
+        if mask is not None:
+            masks[key] = mask
+    return tensors, masks
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+
+DENSE_FILE = "model.safetensors"
+_NOT_COPIED = (DENSE_FILE, COMPRESSED_FILE, "masks.safetensors", "prunelab.json", "README.md")
+
+
+def is_compressed(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / COMPRESSED_FILE).is_file()
+
+
+def checkpoint_masks(model, targets, masks: dict[str, torch.Tensor], keys) -> dict[str, torch.Tensor]:
+    """`masks` (keyed by target name) keyed by the checkpoint `keys` their weights are saved under."""
+    out = {}
+    for t in targets:
+        if t.name in masks:
+            key = t.param_name if t.param_name in keys else t.name
+            if key not in keys:
+                raise ValueError(f"the checkpoint holds no tensor for target {t.name!r}; re-save the model with save_pretrained")
+            out[key] = masks[t.name]
+    return out
+
+
+def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", overwrite: bool = False) -> dict:
+    """Write `source` (a pruned artifact or a model directory with zeros) to `out` as a compressed artifact.
+
+    The masks are the artifact's (``masks.safetensors``) or, without one, its zeros. Returns ``prunelab.json``'s
+    content, with the ``compressed`` sizes.
+    """
+    import shutil
+
+    from .artifact import INFO_FILE, check_out_dir, from_pretrained, resolve_model_path
+    from .io import atomic_directory, write_json, write_text
+    from .targets import resolve_targets
+
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
+    src = Path(resolve_model_path(source))
+    if not (src / DENSE_FILE).is_file():
+        raise ValueError(f"{source!r} has no single {DENSE_FILE}; compress reads a directory written by save_pretrained")
+    check_out_dir(out, overwrite)
+    model, _, masks, info = from_pretrained(str(src))
+    targets = resolve_targets(model)
+    if masks is None:  # a model with zeros and no masks file: its zeros are its masks
+        masks = {t.name: model.get_parameter(t.param_name).detach() != 0 for t in targets}
+    with safe_open(str(src / DENSE_FILE), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    by_key = checkpoint_masks(model, targets, masks, state)
+    names = {key: t.name for t in targets for key in (t.param_name, t.name) if key in by_key}
+    info = {**info, "source": info.get("source", source)}
+    with atomic_directory(check_out_dir(out, overwrite)) as tmp:
+        write_compressed(state, by_key, tmp / COMPRESSED_FILE, codec, targets=names)
+        for f in src.iterdir():
+            if f.is_file() and f.name not in _NOT_COPIED:
+                shutil.copy2(f, tmp / f.name)
+        sizes = {"dense_bytes": (src / DENSE_FILE).stat().st_size, "compressed_bytes": (tmp / COMPRESSED_FILE).stat().st_size,
+                 "codec": codec, "sparse_tensors": len(by_key)}
+        info["compressed"] = sizes
+        write_json(tmp / INFO_FILE, info)
+        write_text(tmp / "README.md", model_card(source, info))
+    return info
+
+
+_LAST_MASKS: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # the masks of the file decoded last
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The dense checkpoint tensors of a compressed artifact, and its masks keyed by target name."""
+    path = Path(directory) / COMPRESSED_FILE
+    tensors, masks = read_compressed(path)
+    with safe_open(str(path), framework="pt") as f:
+        entries = json.loads(f.metadata()["tensors"])
+    masks = {entries[key].get("target", key): mask for key, mask in masks.items()}
+    _LAST_MASKS.clear()
+    _LAST_MASKS[(str(path.resolve()), path.stat().st_mtime_ns)] = masks
+    return tensors, masks
+
+
+def load_masks_of(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The masks of a compressed artifact, keyed by target name (decoded again unless it was the last one loaded)."""
+    path = Path(directory) / COMPRESSED_FILE
+    cached = _LAST_MASKS.get((str(path.resolve()), path.stat().st_mtime_ns))
+    return cached if cached is not None else load_checkpoint(directory)[1]
+
+
+def decompress(source: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> dict:
+    """Write the compressed artifact `source` to `out` as a plain one (``model.safetensors`` and masks), which plain
+    ``transformers`` loads. Returns its ``prunelab.json``."""
+    import shutil
+
+    from .artifact import INFO_FILE, check_out_dir
+    from .io import atomic_directory, read_json, write_json
+    from .masks_io import MASKS_FILE, save_masks
+
+    src = Path(source)
+    if not is_compressed(src):
+        raise ValueError(f"{source!s} is not a compressed artifact (no {COMPRESSED_FILE}); pass the directory of "
+                         "`prunelab compress`")
+    tensors, masks = load_checkpoint(src)
+    info = read_json(src / INFO_FILE, "artifact info") if (src / INFO_FILE).is_file() else {}
+    info.pop("compressed", None)
+    with atomic_directory(check_out_dir(out, overwrite)) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / DENSE_FILE), metadata={"format": "pt"})
+        save_masks(masks, tmp / MASKS_FILE)
+        for f in src.iterdir():
+            if f.is_file() and f.name not in _NOT_COPIED:
+                shutil.copy2(f, tmp / f.name)
+        write_json(tmp / INFO_FILE, info)
+    return info
+
+
+def model_card(source: str, info: dict) -> str:
+    """The artifact's README.md (the Hub's convention): origin, pruning, sparsity per kind, sizes, how to load."""
+    size = info["compressed"]
+    report = info.get("report", {})
+    rows = [f"| {kind} | {v['sparsity']:.1%} |" for kind, v in report.get("by_kind", {}).items()]
+    overall = report.get("overall", {}).get("sparsity")
+    return "\n".join([
+        "---", "library_name: transformers", "tags: [prunelab, pruned, sparse]", "---", "",
+        f"# Pruned from `{info.get('source', source)}`", "",
+        f"Pruned with prunelab {info.get('versions', {}).get('prunelab', '')}: "
+        + (json.dumps(info["config"], sort_keys=True) if info.get("config") else "its zeros are its masks") + ".", "",
+        f"Overall sparsity of the pruned weights: {overall:.1%}." if overall is not None else "", "",
+        "| kind | sparsity |", "|---|---:|", *rows, "",
+        f"Stored as {COMPRESSED_FILE} (codec {size['codec']}): {size['compressed_bytes']:,} bytes, "
+        f"{size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense {DENSE_FILE} ({size['dense_bytes']:,} bytes).", "",
+        "Load it with prunelab (bit-identical tensors, and the masks):", "", "```python", "import prunelab",
+        "model, tokenizer, masks, info = prunelab.from_pretrained(\"THIS_DIRECTORY\")", "```", "",
+        "or write a plain copy that `transformers.AutoModel.from_pretrained` loads: "
+        "`prunelab decompress THIS_DIRECTORY --out PLAIN`.", ""])
