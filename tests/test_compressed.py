@@ -167,3 +167,18 @@ def test_decompress_of_a_plain_directory_is_refused(tmp_path, capsys):
     assert main(["decompress", str(source), "--out", str(tmp_path / "x")]) == 2
     assert "is not a compressed artifact" in capsys.readouterr().err and not (tmp_path / "x").exists()
     shutil.rmtree(source)
+
+
+@pytest.mark.parametrize("values", ["fp16", "bf16"])
+def test_lossy_values_report_their_largest_error_and_are_smaller(tmp_path, capsys, values):
+    source = save_tiny(tmp_path / "m")
+    assert main(["prune", str(source), "--sparsity", "0.5", "--compress", "--out", str(tmp_path / "lossless")]) == 0
+    assert main(["compress", str(tmp_path / "lossless"), "--values", values, "--out", str(tmp_path / "lossy")]) == 0
+    assert f"values {values} (largest absolute error" in capsys.readouterr().out
+    info = json.loads((tmp_path / "lossy" / "prunelab.json").read_text())["compressed"]
+    exact, lossy = prunelab.from_pretrained(tmp_path / "lossless"), prunelab.from_pretrained(tmp_path / "lossy")
+    a, b = exact.model.state_dict(), lossy.model.state_dict()
+    error = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert 0 < error == pytest.approx(info["max_abs_error"]) and b["bert.embeddings.word_embeddings.weight"].dtype == torch.float32
+    assert info["compressed_bytes"] < (tmp_path / "lossless" / COMPRESSED_FILE).stat().st_size
+    assert all(torch.equal(exact.masks[k], lossy.masks[k]) for k in exact.masks)

@@ -37,6 +37,7 @@ from .masks_io import pack_mask, unpack_mask
 COMPRESSED_FILE = "model.prunelab.safetensors"
 FORMAT, VERSION = "prunelab-compressed", "1"
 CODECS = ("none", "zstd")
+VALUES = {"lossless": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # --values: lossy casts of the kept values
 # dtype -> (exponent bits, mantissa bits) of the floating-point formats the transform splits
 FLOATS = {torch.float32: (8, 23), torch.float16: (5, 10), torch.bfloat16: (8, 7)}
 _INTS = {torch.float32: (np.uint32, torch.int32), torch.float16: (np.uint16, torch.int16),
@@ -249,11 +250,13 @@ def checkpoint_masks(model, targets, masks: dict[str, torch.Tensor], keys) -> di
     return out
 
 
-def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", overwrite: bool = False) -> dict:
+def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values: str = "lossless",
+             overwrite: bool = False) -> dict:
     """Write `source` (a pruned artifact or a model directory with zeros) to `out` as a compressed artifact.
 
-    The masks are the artifact's (``masks.safetensors``) or, without one, its zeros. Returns ``prunelab.json``'s
-    content, with the ``compressed`` sizes.
+    The masks are the artifact's (``masks.safetensors``) or, without one, its zeros. `values` ``fp16``/``bf16``
+    casts the pruned weights (lossy); the largest absolute error it introduced is recorded. Returns
+    ``prunelab.json``'s content, with the ``compressed`` sizes.
     """
     import shutil
 
@@ -263,26 +266,33 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", overwr
 
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
+    if values not in VALUES:
+        raise ValueError(f"unknown --values {values!r}; allowed: {', '.join(VALUES)}")
     src = Path(resolve_model_path(source))
-    if not (src / DENSE_FILE).is_file():
+    if not (src / DENSE_FILE).is_file() and not is_compressed(src):
         raise ValueError(f"{source!r} has no single {DENSE_FILE}; compress reads a directory written by save_pretrained")
     check_out_dir(out, overwrite)
     model, _, masks, info = from_pretrained(str(src))
     targets = resolve_targets(model)
     if masks is None:  # a model with zeros and no masks file: its zeros are its masks
         masks = {t.name: model.get_parameter(t.param_name).detach() != 0 for t in targets}
-    with safe_open(str(src / DENSE_FILE), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    if is_compressed(src):  # e.g. a lossless artifact stored again with lossy values
+        state = load_checkpoint(src)[0]
+    else:
+        with safe_open(str(src / DENSE_FILE), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
     by_key = checkpoint_masks(model, targets, masks, state)
     names = {key: t.name for t in targets for key in (t.param_name, t.name) if key in by_key}
+    error = _cast_values(state, by_key, VALUES[values], source) if VALUES[values] is not None else 0.0
     info = {**info, "source": info.get("source", source)}
     with atomic_directory(check_out_dir(out, overwrite)) as tmp:
         write_compressed(state, by_key, tmp / COMPRESSED_FILE, codec, targets=names)
         for f in src.iterdir():
             if f.is_file() and f.name not in _NOT_COPIED:
                 shutil.copy2(f, tmp / f.name)
-        sizes = {"dense_bytes": (src / DENSE_FILE).stat().st_size, "compressed_bytes": (tmp / COMPRESSED_FILE).stat().st_size,
-                 "codec": codec, "sparse_tensors": len(by_key)}
+        dense_bytes = info.get("compressed", {}).get("dense_bytes") or (src / DENSE_FILE).stat().st_size
+        sizes = {"dense_bytes": dense_bytes, "compressed_bytes": (tmp / COMPRESSED_FILE).stat().st_size,
+                 "codec": codec, "sparse_tensors": len(by_key), "values": values, "max_abs_error": error}
         info["compressed"] = sizes
         write_json(tmp / INFO_FILE, info)
         write_text(tmp / "README.md", model_card(source, info))
@@ -290,6 +300,18 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", overwr
 
 
 _LAST_MASKS: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # the masks of the file decoded last
+
+
+def _cast_values(state: dict[str, torch.Tensor], sparse: dict, dtype: torch.dtype, source: str) -> float:
+    """Cast the sparse tensors of `state` to `dtype` in place; the largest absolute error it introduced."""
+    error = 0.0
+    for key in sparse:
+        cast = state[key].to(dtype)
+        if not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(state[key]).all()):
+            raise ValueError(f"{source!r}: tensor {key!r} exceeds the range of {dtype}; use --values bf16 or lossless")
+        error = max(error, float((cast.to(state[key].dtype) - state[key]).abs().max()) if cast.numel() else 0.0)
+        state[key] = cast
+    return error
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..compressed import CODECS
+from ..compressed import CODECS, VALUES
 from .options import add_model, add_out
 
 
@@ -20,20 +20,24 @@ def register(sub) -> None:
 
 def add_codec(p) -> None:
     p.add_argument("--codec", choices=CODECS, default="zstd", help="entropy coding of the bitmasks and values (default zstd)")
+    p.add_argument("--values", choices=list(VALUES), default="lossless",
+                   help="lossy: store the kept values as fp16 or bf16 (reports the largest absolute error)")
 
 
 def run_compress(args) -> int:
     from ..compressed import compress
 
-    info = compress(args.source, args.out, codec=args.codec, overwrite=args.overwrite)
+    info = compress(args.source, args.out, codec=args.codec, values=args.values, overwrite=args.overwrite)
     print(summary(info, args.out))
     return 0
 
 
 def summary(info: dict, out: str) -> str:
     size = info["compressed"]
-    return (f"{size['sparse_tensors']} pruned tensors as bitmasks + values ({size['codec']}): {size['compressed_bytes']:,} bytes, "
-            f"{size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense checkpoint ({size['dense_bytes']:,}) -> {out}")
+    lossy = "" if size["values"] == "lossless" else f", values {size['values']} (largest absolute error {size['max_abs_error']:.3g})"
+    return (f"{size['sparse_tensors']} pruned tensors as bitmasks + values ({size['codec']}{lossy}): "
+            f"{size['compressed_bytes']:,} bytes, {size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense checkpoint "
+            f"({size['dense_bytes']:,}) -> {out}")
 
 
 def run_decompress(args) -> int:

@@ -40,6 +40,6 @@ def run(args) -> int:
     if args.compress:
         from ..compressed import compress
 
-        print(summary(compress(args.out, args.out, codec=args.codec, overwrite=True), args.out))
+        print(summary(compress(args.out, args.out, codec=args.codec, values=args.values, overwrite=True), args.out))
     return 0
 
