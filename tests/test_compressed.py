@@ -128,6 +128,10 @@ def damage(path: Path, how: str) -> None:
     if how == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         return
+    if how == "config":  # the tensors no longer fit the architecture the config describes
+        config = path.parent / "config.json"
+        config.write_text(config.read_text().replace('"intermediate_size": 37', '"intermediate_size": 38'))
+        return
     if how == "tampered":
         frame = tensors[f"{key}::values"].clone()
         frame[-1] ^= 0xFF
@@ -148,6 +152,7 @@ def damage(path: Path, how: str) -> None:
     ("popcount", "the bitmask keeps"),
     ("version", "has format version '99'; this prunelab reads version 1"),
     ("shape", "tensor 'bert.embeddings.word_embeddings.weight'"),
+    ("config", "has shape (37,) but its config.json gives (38,)"),
 ])
 def test_damaged_files_are_one_line_errors_naming_file_and_tensor(tmp_path, capsys, how, says):
     source = save_tiny(tmp_path / "m")
@@ -155,10 +160,11 @@ def test_damaged_files_are_one_line_errors_naming_file_and_tensor(tmp_path, caps
                  "--out", str(tmp_path / "small")]) == 0
     damage(tmp_path / "small" / COMPRESSED_FILE, how)
     capsys.readouterr()
-    for argv in (["inspect", str(tmp_path / "small")], ["decompress", str(tmp_path / "small"), "--out", str(tmp_path / "x")]):
+    argvs = [["inspect", str(tmp_path / "small")], ["decompress", str(tmp_path / "small"), "--out", str(tmp_path / "x")]]
+    for argv in argvs[:1] if how == "config" else argvs:  # decompress copies tensors; it needs no config
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert says in err and COMPRESSED_FILE in err and err.count("\n") == 1, err
+        assert says in err and (COMPRESSED_FILE in err or how == "config") and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
 
 
@@ -182,3 +188,15 @@ def test_lossy_values_report_their_largest_error_and_are_smaller(tmp_path, capsy
     assert 0 < error == pytest.approx(info["max_abs_error"]) and b["bert.embeddings.word_embeddings.weight"].dtype == torch.float32
     assert info["compressed_bytes"] < (tmp_path / "lossless" / COMPRESSED_FILE).stat().st_size
     assert all(torch.equal(exact.masks[k], lossy.masks[k]) for k in exact.masks)
+
+
+def test_analyze_and_every_head_class_read_a_compressed_artifact(tmp_path):
+    source = save_tiny(tmp_path / "m")
+    assert main(["prune", str(source), "--sparsity", "0.5", "--compress", "--out", str(tmp_path / "small")]) == 0
+    assert main(["prune", str(source), "--sparsity", "0.5", "--out", str(tmp_path / "plain")]) == 0
+    assert main(["analyze", "mask-diff", str(tmp_path / "small"), str(tmp_path / "plain"), "--no-figure",
+                 "--out", str(tmp_path / "diff")]) == 0
+    assert json.loads((tmp_path / "diff" / "mask_diff.json").read_text())["result"]["overall"]["a_only"] == 0
+    classifier = prunelab.from_pretrained(tmp_path / "small", model_class=transformers.AutoModelForSequenceClassification,
+                                          num_labels=3).model
+    assert type(classifier).__name__ == "BertForSequenceClassification" and classifier.config.num_labels == 3

@@ -96,19 +96,17 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
             model_class = AutoModel
     for key, value in kwargs.items():  # e.g. num_labels, problem_type
         setattr(config, key, value)
+    state = load_checkpoint(path)[0] if is_compressed(path) else None  # decoded and checksummed here
+    if state is not None:
+        if hasattr(model_class, "_model_mapping"):  # an Auto class picks its class from a path: we have tensors
+            model_class = model_class._model_mapping[type(config)]
+        _check_shapes(model, model_class, config, state)
     try:
-        if is_compressed(path):  # decoded (and checksummed) here; transformers builds the model from the tensors
-            state, _ = load_checkpoint(path)
-            if hasattr(model_class, "_model_mapping"):  # an Auto class picks its class from a path; we have tensors
-                model_class = model_class._model_mapping[type(config)]
+        if state is not None:  # transformers builds the model from the decoded tensors
             loaded, loading = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
         else:
             loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
                                                           output_loading_info=True)
-    except ValueError as err:
-        if is_compressed(path):
-            raise
-        raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
     except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint
         raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
     _check_targets_loaded(model, loaded, loading)
@@ -128,6 +126,19 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False):
     if tokenizer is None:
         logger.info("no tokenizer found for %s", source)
     return tokenizer
+
+
+def _check_shapes(model: str, model_class, config, state: dict[str, torch.Tensor]) -> None:
+    """Each stored tensor must have the shape the config gives it (checked on a model without memory)."""
+    with torch.device("meta"):
+        skeleton = model_class(config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    prefix = skeleton.base_model_prefix + "."
+    for key, tensor in state.items():
+        for name in (key, key.removeprefix(prefix), prefix + key):
+            if name in expected and expected[name] != tuple(tensor.shape):
+                raise ValueError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json gives "
+                                 f"{expected[name]}; the config and the weights belong to different models")
 
 
 def _check_targets_loaded(model: str, loaded, loading: dict) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..artifact import load_model, resolve_model_path
+from ..artifact import from_pretrained, resolve_model_path
 from ..masks_io import MASKS_FILE, load_masks
 from ..targets import KINDS, kind_and_layer
 from .common import check_same_architecture, magnitude_masks, parse_sparsity
@@ -95,13 +95,13 @@ def load_mask_source(source: str, sparsity: float | None = None, *, scope: str =
             raise ValueError(f"{source!r} is a masks file; --sparsity applies only to models, so drop it or pass the "
                              "model directory instead")
         return load_masks(path), None
-    model, _ = load_model(source)
+    model, _, masks, _ = from_pretrained(source)
     if sparsity is not None:
         return magnitude_masks(model, parse_sparsity(sparsity), scope=scope), model
-    if not (path / MASKS_FILE).is_file():
+    if masks is None:
         raise ValueError(f"model {source!r} has no {MASKS_FILE}; pass --sparsity S to prune both models by magnitude "
                          "at S, or pass a pruned artifact")
-    return load_masks(path / MASKS_FILE), model
+    return masks, model
 
 
 def compare_masks(source_a: str, source_b: str, sparsity: float | None = None, *, scope: str = "matrix") -> dict:
