@@ -33,7 +33,7 @@ pruned artifact, and ``prunelab.compressed.compress`` turns that into a compress
 The goals of the issue are printed beside their figures (met / not met): lossless within 1.05x of the entropy
 bound at 50% and at 90%; load at most 1.5x the dense ``from_pretrained`` time; ``masks.safetensors`` at most 1/8
 byte per weight. Prints one line per figure, ending with the ratio; all in temporary directories, removed after.
-Takes several minutes at the defaults (two CPU cores) and ~3 GB of memory.
+Takes ~12 minutes at the defaults on two CPU cores, with a peak of ~7 GB of memory.
 
     python benchmarks/bench_checkpoint.py [--sparsities 0.5,0.7,0.9,0.95] [--repeats 3] [--seed 0]
 """

@@ -57,8 +57,9 @@ def _zstd():
 
 
 def sha256(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes (row-major, its own dtype)."""
-    return hashlib.sha256(_bytes(tensor)).hexdigest()
+    """SHA-256 of a tensor's bytes (row-major, its own dtype), hashed in place (no copy)."""
+    t = tensor.detach().to("cpu").contiguous()
+    return hashlib.sha256(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"").hexdigest()
 
 
 def _bytes(tensor: torch.Tensor) -> bytes:
@@ -160,11 +161,10 @@ def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) 
                 bitmask = bitmask.reshape(rows, math.ceil(cols / 8))
                 values = join_planes(zstd.decompress(_bytes(values)), dtype, int(entry["nnz"]))
             mask = unpack_mask(bitmask, shape)
-            kept = int(mask.sum())
+            kept = int(np.bitwise_count(bitmask.numpy()).sum())  # popcount of the packed bytes (padding bits are 0)
             if kept != values.numel() or kept != int(entry["nnz"]):
                 raise ValueError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored")
-            dense = torch.zeros(shape, dtype=dtype)
-            dense[mask] = values.to(dtype)
+            dense = torch.zeros(shape, dtype=dtype).masked_scatter_(mask, values.to(dtype))
     except KeyError as err:
         raise ValueError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
     except ValueError as err:

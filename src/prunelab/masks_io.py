@@ -38,7 +38,7 @@ def unpack_mask(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if bits.dtype != torch.uint8 or tuple(bits.shape) != (rows, math.ceil(cols / 8)):
         raise ValueError(f"packed mask of shape {tuple(bits.shape)} ({bits.dtype}) does not hold a mask of shape {shape}")
     unpacked = np.unpackbits(bits.numpy(), axis=-1, count=cols, bitorder="little")
-    return torch.from_numpy(unpacked.astype(bool)).reshape(shape)
+    return torch.from_numpy(unpacked.view(bool)).reshape(shape)  # 0/1 bytes are valid bools: no copy
 
 
 def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
