@@ -178,6 +178,11 @@ def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor] | None, info:
     """Write a pruned artifact to `out` atomically (see the module docstring for its files); `masks=None`
     writes none (e.g. a model with layers dropped)."""
     out = check_out_dir(out, overwrite)
+    if masks:  # pruned weights as +0.0 bit for bit (training's per-step re-zeroing may leave -0.0)
+        with torch.no_grad():
+            for t in resolve_targets(model):
+                if t.name in masks:
+                    model.get_parameter(t.param_name).add_(0.0)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:

@@ -94,7 +94,7 @@ class Pruner:
         if cfg.mode == "enforced":
             held = self._held_by_optimizer()
             stale = self._keep_optimizer_state_tidy(held)
-            self.apply(self._needs_rezero(held) + stale)
+            self.apply(self._needs_rezero(held) + stale, positive_zeros=False)
 
     def sparsity_at(self, step: int) -> float:
         cfg = self.config
@@ -136,13 +136,18 @@ class Pruner:
                 self._register_grad_hooks()
 
     @torch.no_grad()
-    def apply(self, names: list[str] | None = None) -> None:
-        """Zero the pruned weights in place (one multi-tensor multiply over all targets, or over `names`), as +0.0."""
+    def apply(self, names: list[str] | None = None, *, positive_zeros: bool = True) -> None:
+        """Zero the pruned weights in place (one multi-tensor multiply over all targets, or over `names`).
+
+        `positive_zeros` makes every pruned weight +0.0 bit for bit (``-w * 0`` is -0.0), so that saved and
+        compressed checkpoints are exact; the per-step re-zeroing skips that second pass (it changes no value).
+        """
         names = list(self.masks) if names is None else names
         if self.masks and names:
             params = [self._params[n] for n in names]
             torch._foreach_mul_(params, [self._factor(n) for n in names])
-            torch._foreach_add_(params, 0.0)  # -w * 0 is -0.0: make every pruned weight +0.0, bit for bit
+            if positive_zeros:
+                torch._foreach_add_(params, 0.0)
 
     # -- the optimizer --------------------------------------------------------------------------------
 
