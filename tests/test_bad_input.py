@@ -243,3 +243,13 @@ def test_fingerprint_ignores_the_run_directory_and_what_the_run_does_not_read(wo
     (Path(world["glue"]) / "RTE" / "dev.tsv").write_text((Path(world["glue"]) / "RTE" / "dev.tsv").read_text() + "\n")
     changed = fingerprint(FinetuneConfig(model=world["model"], task="rte", out=str(out), data_dir=world["glue"]))
     assert changed["files"]["data_dir"] != first["files"]["data_dir"]  # this task's data changed: another run
+
+
+def test_a_study_killed_between_creating_its_directory_and_study_json_reopens(tmp_path):
+    from prunelab.study.runner import init_study_dir, open_study
+    from prunelab.study.spec import load_spec
+
+    spec = load_spec(make_study(tmp_path))
+    (tmp_path / "out" / "runs").mkdir(parents=True)  # what an older runner left when killed before study.json
+    init_study_dir(spec, tmp_path / "out", spec.data_dir())
+    assert open_study(tmp_path / "out")[0].name == spec.name
