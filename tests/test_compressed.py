@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -140,6 +141,10 @@ def damage(path: Path, how: str) -> None:
         table[key]["nnz"] += 1
     elif how == "version":
         metadata["version"] = "99"
+    elif how == "tampered-dense":  # a tensor stored as it is: only its checksum can tell
+        dense = next(k for k, e in table.items() if e["layout"] == "dense" and e["dtype"] == "float32")
+        tensors[dense] = tensors[dense].clone()
+        tensors[dense].view(-1)[0] += 1.0
     elif how == "shape":
         table[key]["shape"] = [table[key]["shape"][0] + 1] + table[key]["shape"][1:]
     metadata["tensors"] = json.dumps(table)
@@ -150,7 +155,8 @@ def damage(path: Path, how: str) -> None:
     ("truncated", "is truncated or not safetensors"),
     ("tampered", "tensor 'bert.embeddings.word_embeddings.weight'"),
     ("popcount", "the bitmask keeps"),
-    ("version", "has format version '99'; this prunelab reads version 1"),
+    ("tampered-dense", "the checksum of the decoded tensor fails"),
+    ("version", "has format version '99'; this prunelab reads versions 1, 2"),
     ("shape", "tensor 'bert.embeddings.word_embeddings.weight'"),
     ("config", "has shape (37,) but its config.json gives (38,)"),
 ])
@@ -166,6 +172,29 @@ def test_damaged_files_are_one_line_errors_naming_file_and_tensor(tmp_path, caps
         err = capsys.readouterr().err
         assert says in err and (COMPRESSED_FILE in err or how == "config") and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
+
+
+def test_format_version_1_still_reads_and_its_checksums_are_checked(tmp_path, capsys):
+    """Version 1 recorded the SHA-256 of each decoded dense tensor (``sha256``) where version 2 records a CRC-32."""
+    source = save_tiny(tmp_path / "m")
+    assert main(["prune", str(source), "--sparsity", "0.5", "--compress", "--out", str(tmp_path / "small")]) == 0
+    path = tmp_path / "small" / COMPRESSED_FILE
+    dense, masks = read_compressed(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    table = json.loads(metadata["tensors"])
+    for key, entry in table.items():
+        del entry["crc32"]
+        entry["sha256"] = hashlib.sha256(dense[key].contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    save_file(tensors, str(path), metadata={**metadata, "version": "1", "tensors": json.dumps(table)})
+    again, masks_again = read_compressed(path)
+    assert all(torch.equal(again[k].view(torch.uint8), v.view(torch.uint8)) for k, v in dense.items())
+    assert all(torch.equal(masks_again[k], m) for k, m in masks.items())
+    key = next(k for k, e in table.items() if e["layout"] == "sparse")
+    table[key]["sha256"] = "0" * 64
+    save_file(tensors, str(path), metadata={**metadata, "version": "1", "tensors": json.dumps(table)})
+    assert main(["inspect", str(tmp_path / "small")]) == 2
+    assert f"tensor {key!r}: the checksum of the decoded tensor fails" in capsys.readouterr().err
 
 
 def test_decompress_of_a_plain_directory_is_refused(tmp_path, capsys):

@@ -13,9 +13,12 @@ stores each as one zstd frame (a uint8 tensor) of a transform: the bitmask's byt
 into planes, the exponent (one byte per value) and then the sign with the mantissa (little-endian bytes, lowest
 first), so that the exponent plane, whose entropy is a few bits, compresses and the rest is not disturbed.
 
-The file's metadata: ``format = prunelab-compressed``, ``version = 1`` and ``tensors``, a JSON object giving each
-``K`` its ``shape``, ``dtype``, ``layout`` (``sparse`` or ``dense``), ``nnz`` (kept values), ``codec`` and the
-SHA-256 of its decoded dense bytes, which decoding verifies.
+The file's metadata: ``format = prunelab-compressed``, ``version = 2`` and ``tensors``, a JSON object giving each
+``K`` its ``shape``, ``dtype``, ``layout`` (``sparse`` or ``dense``), ``nnz`` (kept values), ``codec`` and ``crc32``,
+the CRC-32 of its decoded bytes (a sparse tensor: the decoded bitmask's bytes followed by the values' bytes,
+row-major, little-endian; a dense one: its bytes), which decoding verifies. Version 1 (a SHA-256 of the dense
+tensor's bytes, ``sha256``; the same parts) still reads. Decoding runs one tensor per thread: zstd, numpy, zlib and
+torch release the GIL.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import hashlib
 import json
 import math
 import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +40,7 @@ from .io import atomic_output
 from .masks_io import pack_mask, unpack_mask
 
 COMPRESSED_FILE = "model.prunelab.safetensors"
-FORMAT, VERSION = "prunelab-compressed", "1"
+FORMAT, VERSION, READS = "prunelab-compressed", "2", ("1", "2")
 CODECS = ("none", "zstd")
 VALUES = {"lossless": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # --values: lossy casts of the kept values
 # dtype -> (exponent bits, mantissa bits) of the floating-point formats the transform splits
@@ -56,10 +61,23 @@ def _zstd():
     return zstandard
 
 
-def sha256(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes (row-major, its own dtype), hashed in place (no copy)."""
+def _view(tensor: torch.Tensor) -> memoryview | bytes:
+    """A tensor's bytes (row-major, its own dtype) without a copy where it is contiguous on the CPU."""
     t = tensor.detach().to("cpu").contiguous()
-    return hashlib.sha256(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"").hexdigest()
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else b""
+
+
+def crc32(*tensors: torch.Tensor) -> str:
+    """CRC-32 of the tensors' bytes, one after the other, as 8 hex digits."""
+    value = 0
+    for t in tensors:
+        value = zlib.crc32(_view(t), value)
+    return f"{value:08x}"
+
+
+def sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (the checksum of format version 1)."""
+    return hashlib.sha256(_view(tensor)).hexdigest()
 
 
 def _bytes(tensor: torch.Tensor) -> bytes:
@@ -94,12 +112,16 @@ def join_planes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
     width = math.ceil((1 + mant_bits) / 8)
     if len(data) != count * (1 + width):
         raise ValueError(f"{len(data)} bytes of value planes for {count} values of {dtype}")
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(1 + width, count).astype(np.uint64)
-    sign_mantissa = sum(planes[1 + i] << (8 * i) for i in range(width))
-    bits = ((sign_mantissa >> mant_bits) << (exp_bits + mant_bits)) | (planes[0] << mant_bits) \
-        | (sign_mantissa & ((1 << mant_bits) - 1))
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(1 + width, count)
+    bits = planes[1].astype(uint)  # in the value's own width: sign and mantissa, then the exponent in between
+    for i in range(1, width):
+        bits |= planes[1 + i].astype(uint) << uint(8 * i)
+    sign = bits >> uint(mant_bits)
+    bits &= uint((1 << mant_bits) - 1)
+    bits |= planes[0].astype(uint) << uint(mant_bits)
+    bits |= sign << uint(exp_bits + mant_bits)
     signed_np = {np.uint32: np.int32, np.uint16: np.int16}[uint]
-    return torch.from_numpy(bits.astype(uint).view(signed_np)).view(dtype)
+    return torch.from_numpy(bits.view(signed_np)).view(dtype)
 
 
 # -- one tensor -------------------------------------------------------------------------------------
@@ -114,9 +136,10 @@ def encode(key: str, weight: torch.Tensor, mask: torch.Tensor | None, codec: str
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
     weight = weight.detach().to("cpu").contiguous()
-    entry = {"shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch."), "sha256": sha256(weight),
+    entry = {"shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch."),
              "layout": "dense" if mask is None else "sparse", "codec": codec}
     if mask is None:
+        entry["crc32"] = crc32(weight)
         return {key: weight.clone()}, entry  # a copy: tied tensors of a state dict would share storage in the file
     mask = mask.to("cpu", torch.bool)
     if tuple(mask.shape) != tuple(weight.shape):
@@ -126,19 +149,19 @@ def encode(key: str, weight: torch.Tensor, mask: torch.Tensor | None, codec: str
     negative_zeros = int(torch.signbit(weight[~mask]).sum()) if weight.is_floating_point() else 0
     if negative_zeros:  # pruned by an older prunelab (-w * 0 = -0.0): stored, like decoded, as +0.0
         weight = weight.add(0.0)
-        entry.update(sha256=sha256(weight), negative_zeros_made_positive=negative_zeros)
+        entry["negative_zeros_made_positive"] = negative_zeros
     values = weight[mask]  # row-major order of the kept positions
     bitmask = pack_mask(mask)
-    entry["nnz"] = int(values.numel())
+    entry.update(nnz=int(values.numel()), crc32=crc32(bitmask, values))
     if codec == "none":
         return {f"{key}::bitmask": bitmask, f"{key}::values": values}, entry
     zstd = _zstd().ZstdCompressor(level=ZSTD_LEVEL)
-    frames = {f"{key}::bitmask": zstd.compress(_bytes(bitmask)), f"{key}::values": zstd.compress(split_planes(values))}
+    frames = {f"{key}::bitmask": zstd.compress(_view(bitmask)), f"{key}::values": zstd.compress(split_planes(values))}
     return {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in frames.items()}, entry
 
 
 def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dense tensor `key` from its stored tensors and metadata entry, checked against its SHA-256, and its keep
+    """The dense tensor `key` from its stored tensors and metadata entry, checked against its checksum, and its keep
     mask (``None`` for a dense tensor).
 
     Raises:
@@ -146,33 +169,40 @@ def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) 
             naming `source` and the tensor.
     """
     where = f"{source}: tensor {key!r}"
+    damaged = ValueError(f"{where}: the checksum of the decoded tensor fails; the file is damaged")
     try:
         shape, dtype = tuple(entry["shape"]), _DTYPES[entry["dtype"]]
         mask = None
         if entry["layout"] == "dense":
             dense = stored[key]
+            if "crc32" in entry and crc32(dense) != entry["crc32"]:
+                raise damaged
         else:
             bitmask, values = stored[f"{key}::bitmask"], stored[f"{key}::values"]
             cols = shape[-1] if shape else 1
             rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
             if entry["codec"] == "zstd":
                 zstd = _zstd().ZstdDecompressor()
-                bitmask = torch.frombuffer(bytearray(zstd.decompress(_bytes(bitmask))), dtype=torch.uint8)
+                bitmask = torch.frombuffer(bytearray(zstd.decompress(_view(bitmask))), dtype=torch.uint8)
                 bitmask = bitmask.reshape(rows, math.ceil(cols / 8))
-                values = join_planes(zstd.decompress(_bytes(values)), dtype, int(entry["nnz"]))
+                values = join_planes(zstd.decompress(_view(values)), dtype, int(entry["nnz"]))
+            if "crc32" in entry and crc32(bitmask, values) != entry["crc32"]:
+                raise damaged
             mask = unpack_mask(bitmask, shape)
             kept = int(np.bitwise_count(bitmask.numpy()).sum())  # popcount of the packed bytes (padding bits are 0)
             if kept != values.numel() or kept != int(entry["nnz"]):
                 raise ValueError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored")
             dense = torch.zeros(shape, dtype=dtype).masked_scatter_(mask, values.to(dtype))
+        if "crc32" not in entry and sha256(dense) != entry["sha256"]:  # format version 1
+            raise damaged
     except KeyError as err:
         raise ValueError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise (err if err is damaged else ValueError(f"{where}: {err}")) from None
     except Exception as err:  # zstd and numpy raise their own types on damaged frames
         raise ValueError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
-    if tuple(dense.shape) != shape or sha256(dense) != entry["sha256"]:
-        raise ValueError(f"{where}: the checksum of the decoded tensor fails; the file is damaged")
+    if tuple(dense.shape) != shape:
+        raise damaged
     return dense, mask
 
 
@@ -198,6 +228,13 @@ def write_compressed(state_dict: dict[str, torch.Tensor], masks: dict[str, torch
     return entries
 
 
+def _numel(entry) -> int:
+    try:
+        return math.prod(entry["shape"])
+    except Exception:  # a damaged entry: decode names it
+        return 0
+
+
 def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The dense checkpoint tensors and the keep masks (bool, keyed by checkpoint key) of a compressed file.
 
@@ -213,19 +250,18 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise ValueError(f"{path} is truncated or not safetensors ({str(err).splitlines()[0]})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a prunelab compressed checkpoint (format {metadata.get('format')!r})")
-    if metadata.get("version") != VERSION:
-        raise ValueError(f"{path} has format version {metadata.get('version')!r}; this prunelab reads version {VERSION}: "
-                         "upgrade prunelab")
+    if metadata.get("version") not in READS:
+        raise ValueError(f"{path} has format version {metadata.get('version')!r}; this prunelab reads versions "
+                         f"{', '.join(READS)}: upgrade prunelab")
     try:
         entries = json.loads(metadata["tensors"])
     except (KeyError, json.JSONDecodeError):
         raise ValueError(f"{path} has no readable tensor table; the file is damaged") from None
-    tensors, masks = {}, {}
-    for key, entry in entries.items():
-        tensors[key], mask = decode(key, stored, entry, str(path))
-        if mask is not None:
-            masks[key] = mask
-    return tensors, masks
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # largest first: the threads end together
+        keys = sorted(entries, key=lambda k: -_numel(entries[k]))
+        decoded = dict(zip(keys, pool.map(lambda k: decode(k, stored, entries[k], str(path)), keys)))
+    tensors = {key: decoded[key][0] for key in entries}
+    return tensors, {key: decoded[key][1] for key in entries if decoded[key][1] is not None}
 
 
 # -- artifacts --------------------------------------------------------------------------------------
