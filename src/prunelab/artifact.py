@@ -12,6 +12,7 @@ run leaves no half-written directory, and the next run finishes or undoes an int
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -25,6 +26,7 @@ from .compressed import is_compressed, load_checkpoint, load_masks_of
 from .config import PruningConfig, versions
 from .io import atomic_directory, read_json, recover_directory, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
+from .methods.structured import STRUCTURE_KEY, apply_structure, loadable_config, saved_config
 from .pruner import Pruner
 from .sparsity import sparsity_report
 from .targets import kind_and_layer, resolve_targets, supported_model_types
@@ -64,7 +66,7 @@ def load_config(model: str, *, trust_remote_code: bool = False) -> tuple[str, ob
     if not os.path.isdir(path) and (os.path.exists(path) or _looks_like_path(path)):
         raise FileNotFoundError(f"model {model!r} is not a directory; pass a model directory, a hub id or 'minilm'")
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = _structured_config(path) or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as err:  # OSError, ValueError, and transformers' strict validation of config.json field types
         where = ("directory" if os.path.isdir(path) else
                  "hub id (no such local path either; a hub id needs network access to the Hugging Face hub)")
@@ -72,6 +74,26 @@ def load_config(model: str, *, trust_remote_code: bool = False) -> tuple[str, ob
     if config.model_type not in supported_model_types():
         raise ValueError(f"unsupported model_type {config.model_type!r} in {model!r}; supported: {', '.join(supported_model_types())}")
     return path, config
+
+
+def _config_json(path: str) -> dict | None:
+    """The content of a local directory's config.json, or ``None`` (no such file, or not a JSON object)."""
+    file = Path(path) / "config.json"
+    try:
+        content = json.loads(file.read_text()) if os.path.isdir(path) and file.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # AutoConfig reports it
+    return content if isinstance(content, dict) else None
+
+
+def _structured_config(path: str):
+    """The config of a structurally pruned model directory, its full sizes back and its per-layer shapes in
+    ``prunelab_structure`` (plain ``AutoConfig`` refuses the file on purpose); ``None`` for any other directory."""
+    raw = _config_json(path)
+    if raw is None or STRUCTURE_KEY not in raw:
+        return None
+    restored = loadable_config(raw)[0]
+    return AutoConfig.for_model(restored.pop("model_type"), **restored)
 
 
 def load_model(model: str, *, model_class=None, trust_remote_code: bool = False, **kwargs) -> tuple[torch.nn.Module, object | None]:
@@ -97,10 +119,10 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
     for key, value in kwargs.items():  # e.g. num_labels, problem_type
         setattr(config, key, value)
     state = load_checkpoint(path)[0] if is_compressed(path) else None  # decoded and checksummed here
-    if state is not None:
-        if hasattr(model_class, "_model_mapping"):  # an Auto class picks its class from a path: we have tensors
-            model_class = model_class._model_mapping[type(config)]
-        _check_shapes(model, model_class, config, state)
+    if (state is not None or hasattr(config, STRUCTURE_KEY)) and hasattr(model_class, "_model_mapping"):
+        model_class = model_class._model_mapping[type(config)]  # an Auto class picks its class from a path
+    if hasattr(config, STRUCTURE_KEY):
+        return _load_structured(model, path, model_class, config, state), load_tokenizer(model, trust_remote_code=trust_remote_code)
     try:
         if state is not None:  # transformers builds the model from the decoded tensors
             loaded, loading = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
@@ -108,16 +130,61 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
             loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
                                                           output_loading_info=True)
     except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint
+        if state is not None:  # decoded tensors: name the one whose shape disagrees with config.json
+            _check_shapes(model, model_class, config, state)
         raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
     _check_targets_loaded(model, loaded, loading)
     return loaded, load_tokenizer(model, trust_remote_code=trust_remote_code)
+
+
+def _load_structured(model: str, path: str, model_class, config, state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """A structurally pruned model: built from its full config, given its per-layer shapes, then its weights.
+
+    What the checkpoint lacks outside the base model (a new task head, a pooler) keeps its fresh initialisation,
+    as with ``from_pretrained``; a base-model tensor missing or of another shape is an error naming it.
+    """
+    from safetensors.torch import load_file
+
+    from .compressed import DENSE_FILE
+
+    built = model_class(config)
+    apply_structure(built, getattr(config, STRUCTURE_KEY))
+    if state is None:
+        file = Path(path) / DENSE_FILE
+        if not file.is_file():
+            raise ValueError(f"{model!r} has no {DENSE_FILE}; a structurally pruned model is saved by prunelab as one file")
+        try:
+            state = load_file(str(file))
+        except Exception as err:  # safetensors raises its own types for a damaged file
+            raise ValueError(f"cannot read {file}: {_first_line(err)}") from None
+    own = built.state_dict()
+    prefix = built.base_model_prefix + "."
+    mapped = {}
+    for key, tensor in state.items():  # with or without the head class's prefix, as from_pretrained maps them
+        name = next((n for n in (key, prefix + key, key.removeprefix(prefix)) if n in own), None)
+        if name is not None:
+            if tuple(own[name].shape) != tuple(tensor.shape):
+                raise ValueError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json "
+                                 f"({STRUCTURE_KEY}) gives {tuple(own[name].shape)}")
+            mapped[name] = tensor
+    base = [k for k in own if k.startswith(prefix)] if built.base_model is not built else list(own)
+    fresh = ("pooler.", prefix + "pooler.")  # as in _check_targets_loaded: a head class may add a fresh pooler
+    missing = sorted(k for k in base if k not in mapped and not k.startswith(fresh))
+    if missing:
+        raise ValueError(f"checkpoint {model!r} lacks the tensor {missing[0]!r}"
+                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + "; re-save it with prunelab")
+    built.load_state_dict(mapped, strict=False)
+    built.tie_weights()
+    return built.eval()
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False):
     """The tokenizer in `source` (a model or tokenizer directory, hub id or alias), or ``None`` when it has none."""
     path = resolve_model_path(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        structured = _structured_config(path) if os.path.isdir(path) else None  # AutoTokenizer reads config.json too
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **({"config": structured} if structured is not None else {}))
     except Exception:  # a model without tokenizer files is still prunable
         tokenizer = None
     # transformers 5 builds a tokenizer of only the special tokens for a directory without tokenizer files
@@ -185,6 +252,10 @@ def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor] | None, info:
                     model.get_parameter(t.param_name).add_(0.0)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        saved = saved_config(config, model)  # per-layer shapes of structured pruning, where the model has them
+        if saved != config:
+            write_json(tmp / "config.json", saved)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if masks is not None:

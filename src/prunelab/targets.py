@@ -8,7 +8,8 @@ Architecture knowledge is data, in one place: ``ARCHITECTURES`` maps ``config.mo
 ``Architecture``: regular expressions over parameter names *relative to the base model* (``model.base_model``)
 per kind, so the same table serves ``AutoModel``, ``...ForMaskedLM`` and ``...ForSequenceClassification``
 alike and heads are excluded by construction (a ``(\\d+)`` group captures the layer index); where the stack of
-layers is and which config attribute counts them. Layer dropping and the analyses read it too.
+layers is and which config attribute counts them; and where a layer's attention heads and FFN neurons are
+(``Units``), for structured pruning. Layer dropping, structured pruning and the analyses read it too.
 """
 
 from __future__ import annotations
@@ -72,6 +73,68 @@ _TARGETS: dict[str, dict[str, str]] = {
 
 
 @dataclass(frozen=True)
+class Units:
+    """Where the structural units of one layer are: attention heads and FFN neurons (paths relative to a layer).
+
+    A slice is ``(parameter, axis, grouped)``: the unit's entries of that parameter along `axis`; `grouped` means
+    the axis runs over heads x head_dim (a Linear's rows or columns), otherwise over heads alone (XLNet's 3-D
+    parameters).
+
+    Attributes:
+        heads: The head slices before the output projection (Q, K, V and their biases; XLNet: also r, its biases,
+            seg_embed).
+        heads_out: The attention output projection's slice: a gate on a head multiplies it (importance scores).
+        ffn: The FFN neuron slices before the output projection (FFN-in rows and bias).
+        ffn_out: The FFN-out columns: a gate on a neuron multiplies them.
+        attention: The module whose head count changes (its attribute `head_count_attr`).
+        empty: The module replaced when a layer keeps no head, and the name of its output projection inside it
+            (``None``: the projection stays outside it); ``None`` when the architecture cannot skip attention.
+        heads_field: The config.json field holding the head count; ``head_dim_field``: the one holding the head
+            dimension, where the config has one (then a uniform head count can be expressed).
+        ffn_field: The config.json field holding the FFN width.
+    """
+
+    heads: tuple[tuple[str, int, bool], ...]
+    heads_out: tuple[str, int, bool]
+    ffn: tuple[tuple[str, int, bool], ...]
+    ffn_out: tuple[str, int, bool]
+    attention: str
+    head_count_attr: str
+    empty: tuple[str, str | None] | None
+    heads_field: str
+    head_dim_field: str | None
+    ffn_field: str
+
+
+def _linear_units(q, k, v, o, ffn_in, ffn_out, attention, count_attr, empty, heads_field, ffn_field) -> Units:
+    return Units(
+        heads=tuple((f"{m}.{p}", 0, True) for m in (q, k, v) for p in ("weight", "bias")), heads_out=(f"{o}.weight", 1, True),
+        ffn=((f"{ffn_in}.weight", 0, False), (f"{ffn_in}.bias", 0, False)), ffn_out=(f"{ffn_out}.weight", 1, False),
+        attention=attention, head_count_attr=count_attr, empty=empty, heads_field=heads_field, head_dim_field=None,
+        ffn_field=ffn_field)
+
+
+_BERT_UNITS = _linear_units("attention.self.query", "attention.self.key", "attention.self.value",
+                            "attention.output.dense", "intermediate.dense", "output.dense", "attention.self",
+                            "num_attention_heads", ("attention.self", None), "num_attention_heads", "intermediate_size")
+_UNITS = {
+    "bert": _BERT_UNITS,
+    "roberta": _BERT_UNITS,
+    "electra": _BERT_UNITS,
+    "distilbert": _linear_units("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
+                                "ffn.lin1", "ffn.lin2", "attention", "n_heads", ("attention", "out_lin"), "n_heads",
+                                "hidden_dim"),
+    "xlnet": Units(
+        heads=(*((f"rel_attn.{p}", 1, False) for p in ("q", "k", "v", "r", "seg_embed")),
+               *((f"rel_attn.{p}", 0, False) for p in ("r_r_bias", "r_s_bias", "r_w_bias"))),
+        heads_out=("rel_attn.o", 1, False),
+        ffn=(("ff.layer_1.weight", 0, False), ("ff.layer_1.bias", 0, False)), ffn_out=("ff.layer_2.weight", 1, False),
+        attention="rel_attn", head_count_attr="n_head", empty=None, heads_field="n_head", head_dim_field="d_head",
+        ffn_field="d_inner"),
+}
+
+
+@dataclass(frozen=True)
 class Architecture:
     """What prunelab knows of one ``model_type``.
 
@@ -79,19 +142,21 @@ class Architecture:
         targets: Kind -> regular expression over parameter names relative to the base model.
         layers: Path of the ``ModuleList`` of transformer layers inside the base model.
         num_layers_attr: The config attribute holding the number of layers.
+        units: Where a layer's heads and FFN neurons are (structured pruning).
     """
 
     targets: dict[str, str]
     layers: str
     num_layers_attr: str
+    units: Units
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(_TARGETS["bert"], "encoder.layer", "num_hidden_layers"),
-    "roberta": Architecture(_TARGETS["roberta"], "encoder.layer", "num_hidden_layers"),
-    "electra": Architecture(_TARGETS["electra"], "encoder.layer", "num_hidden_layers"),
-    "distilbert": Architecture(_TARGETS["distilbert"], "transformer.layer", "n_layers"),
-    "xlnet": Architecture(_TARGETS["xlnet"], "layer", "n_layer"),
+    "bert": Architecture(_TARGETS["bert"], "encoder.layer", "num_hidden_layers", _UNITS["bert"]),
+    "roberta": Architecture(_TARGETS["roberta"], "encoder.layer", "num_hidden_layers", _UNITS["roberta"]),
+    "electra": Architecture(_TARGETS["electra"], "encoder.layer", "num_hidden_layers", _UNITS["electra"]),
+    "distilbert": Architecture(_TARGETS["distilbert"], "transformer.layer", "n_layers", _UNITS["distilbert"]),
+    "xlnet": Architecture(_TARGETS["xlnet"], "layer", "n_layer", _UNITS["xlnet"]),
 }
 
 # Kinds every supported model must resolve; a table entry that matches none of them is a bug, not a model.

@@ -153,7 +153,7 @@ def encode(examples, tokenizer, max_seq_len: int, regression: bool) -> ListDatas
     return ListDataset([{**{k: v[i] for k, v in enc.items()}, "labels": labels[i]} for i in range(len(examples))])
 
 
-def _subsample(examples: list, n: int | None, seed: int) -> list:
+def subsample(examples: list, n: int | None, seed: int) -> list:
     if n is None or n >= len(examples):
         return examples
     order = np.random.default_rng(seed).permutation(len(examples))[:n]
@@ -164,7 +164,7 @@ def load_data(cfg: GlueOptions, task: Task, tokenizer=None) -> tuple[dict[str, L
     """The task's splits tokenized (train subsampled, seeded), and the tokenizer: `tokenizer`, else
     ``cfg.tokenizer``'s or ``cfg.model``'s."""
     splits = load_task(task, cfg.data_dir)
-    splits["train"] = _subsample(splits["train"], cfg.max_train_samples, cfg.seed)
+    splits["train"] = subsample(splits["train"], cfg.max_train_samples, cfg.seed)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else load_model(cfg.model)[1]
         check_vocabulary(tokenizer, cfg)
