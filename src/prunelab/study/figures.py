@@ -87,6 +87,26 @@ def figure_layer_drop(data: dict, path: Path) -> None:
     _finish(plt, fig, (left, right), path)
 
 
+def figure_methods(data: dict, path: Path) -> None:
+    """Average dev score vs. encoder-layer weights kept: one line per method, each starting at the dense model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    dense, *rows = data["methods"]
+    start = [dense] if dense["kept"] is not None and dense["average"] else []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted(start + [r for r in rows if r["method"] == method and r["kept"] is not None and r["average"]],
+                        key=lambda r: -r["kept"])
+        ax.plot([100 * r["kept"] for r in points], [r["average"]["score"] for r in points], marker="o", label=method)
+    if start:
+        ax.plot([100 * dense["kept"]], [dense["average"]["score"]], marker="*", markersize=12, color="black",
+                linestyle="none", label="dense")
+    ax.invert_xaxis()  # smaller models to the right
+    ax.set(title=f"Average {data['metric'].name} vs. encoder weights kept", xlabel="Encoder-layer weights kept (%)",
+           ylabel="Average dev score (0-100)")
+    fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
+    _finish(plt, fig, (ax,), path)
+
+
 def _finish(plt, fig, axes, path: Path) -> None:
     """Grid and legend (where anything is labelled) on each of `axes`; lay out, save atomically, close."""
     for ax in axes:

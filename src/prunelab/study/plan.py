@@ -12,6 +12,8 @@ Regimes that do not vary sparsity are planned once, after those that do:
                               layers from the dense pre-trained model (Sajjad et al. 2020 drop them from the
                               pre-trained model), fine-tuned per task x learning rate x seed like the dense
                               model; the dense fine-tuning runs are planned too, as its 0-layers reference.
+    structured                per [structured] (heads, ffn) pair, one ``structured`` run that removes those fractions
+                              of attention heads and FFN neurons from the dense pre-trained model, fine-tuned the same way.
 Regimes that start from the dense pre-trained model and reach sparsity s while learning the task:
     adapt                     masks learned over its frozen weights (an ``adapt`` run per task x score lr x seed)
     distill                   pruned (cubic) while fine-tuning, distilled from a ``teacher`` run: the dense model
@@ -57,10 +59,18 @@ def droplayers_id(strategy: str, count: int) -> str:
     return f"droplayers-{strategy}-k{count}"
 
 
-def variant(regime: str, sparsity: float | None = None, strategy: str | None = None, count: int | None = None) -> str:
-    """The part of a fine-tuning run id that names its starting model: ``pruned-s0.50``, ``layer_drop-top-k2``."""
+def structured_id(criterion: str, heads: float, ffn: float) -> str:
+    return f"structured-{criterion}-h{heads:.2f}-f{ffn:.2f}"
+
+
+def variant(regime: str, sparsity: float | None = None, strategy: str | None = None, count: int | None = None,
+            heads: float | None = None, ffn: float | None = None) -> str:
+    """The part of a fine-tuning run id that names its starting model: ``pruned-s0.50``, ``layer_drop-top-k2``,
+    ``structured-h0.50-f0.50``."""
     if regime == "layer_drop":
         return f"layer_drop-{strategy}-k{count}"
+    if regime == "structured":
+        return f"structured-h{heads:.2f}-f{ffn:.2f}"
     return f"{'dense' if sparsity == 0 else regime}-{_s(sparsity)}"
 
 
@@ -131,6 +141,18 @@ def _plan_layer_drop(plan: _Plan, regime: str, sparsity: None) -> None:
             plan.finetunes(variant(regime, strategy=strategy, count=count), params, dropped)
 
 
+def _plan_structured(plan: _Plan, regime: str, sparsity: None) -> None:
+    spec = plan.spec
+    dense = plan.pretrain(0.0, spec.criterion)
+    plan.finetunes(variant("dense", 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": spec.criterion}, dense)
+    st = spec.structured
+    for heads, ffn in zip(st.heads, st.ffn):
+        params = {"regime": regime, "heads": heads, "ffn": ffn}
+        pruned = plan.add(structured_id(st.criterion, heads, ffn), "structured",
+                          {**params, "criterion": st.criterion, "scope": st.scope, "source": dense}, (dense,))
+        plan.finetunes(variant(regime, heads=heads, ffn=ffn), params, pruned)
+
+
 def _plan_from_dense(plan: _Plan, regime: str, sparsity: float) -> None:
     """adapt, distill, pruned_during_finetuning: from the dense pre-trained model to `sparsity` on the task."""
     source = plan.pretrain(0.0, plan.spec.criterion)
@@ -157,6 +179,7 @@ REGIMES = {
     "pruned_after_finetuning": Regime(_plan_pruning),
     "random": Regime(_plan_pruning),
     "layer_drop": Regime(_plan_layer_drop, per_sparsity=False),
+    "structured": Regime(_plan_structured, per_sparsity=False),
     "adapt": Regime(_plan_from_dense),
     "distill": Regime(_plan_from_dense),
     "pruned_during_finetuning": Regime(_plan_from_dense),

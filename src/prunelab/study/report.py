@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
-from .figures import figure_1, figure_2, figure_layer_drop
+from .figures import figure_1, figure_2, figure_layer_drop, figure_methods
 from .results import OFFICIAL, PAPER, collect
-from .tables import MISSING, layer_drop_csv, layer_drop_markdown, table_csv, table_latex, table_markdown
+from .tables import (MISSING, layer_drop_csv, layer_drop_markdown, methods_csv, methods_markdown, table_csv, table_latex,
+                     table_markdown)
 
 # What report.md says a cell is: "the best <this>, and in brackets the loss ...".
 MEASURED = {
@@ -20,7 +21,8 @@ MEASURED = {
 
 def write_report(root: str | Path, *, paper_metrics: bool = False) -> Path:
     """Write ``<root>/report/``: table1.{md,csv,tex}, figure1.png, figure2.png, with the layer_drop regime
-    layer_drop.{md,csv} and layer_drop.png, and report.md. Returns the folder.
+    layer_drop.{md,csv} and layer_drop.png, with layer_drop or structured methods.{md,csv} and methods.png (every
+    method on one axis), and report.md. Returns the folder.
 
     With `paper_metrics` every cell (and the choice of its learning rate) uses the metric Compressing BERT
     reports (``results.paper_metric``) instead of the task's official GLUE score; the files keep their names.
@@ -37,6 +39,10 @@ def write_report(root: str | Path, *, paper_metrics: bool = False) -> Path:
         write_text(out / "layer_drop.md", layer_drop_markdown(data))
         write_text(out / "layer_drop.csv", layer_drop_csv(data))
         figure_layer_drop(data, out / "layer_drop.png")
+    if data["methods"] is not None:
+        write_text(out / "methods.md", methods_markdown(data))
+        write_text(out / "methods.csv", methods_csv(data))
+        figure_methods(data, out / "methods.png")
     write_text(out / "report.md", _report_md(data, slopes))
     return out
 
@@ -69,7 +75,24 @@ def _report_md(data: dict, slopes: dict) -> str:
     lines += [f"- {task.upper()}: {MISSING if s is None else f'{s:.1f} points per nat'}" for task, s in slopes.items()]
     if data["layer_drop"] is not None:
         lines += ["", *_layer_drop_md(data)]
+    if data["methods"] is not None:
+        lines += ["", *_methods_md(data)]
     return "\n".join(lines) + "\n"
+
+
+def _methods_md(data: dict) -> list[str]:
+    spec = data["spec"]
+    structured = (f" Structured: {spec.structured.criterion} ({spec.structured.scope} scope) removal of the given "
+                  "fractions of attention heads and FFN neurons from the dense pre-trained model, fine-tuned like it."
+                  if "structured" in spec.regimes else "")
+    return [
+        "## Every method on one axis", "",
+        "Average dev score against the encoder-layer weights each model keeps: nonzero weights of its encoder layers "
+        "over the dense pre-trained model's (embeddings and heads, which no method here shrinks, not counted). "
+        "Unstructured: the pruned regime's models (zeros held while fine-tuning; as large as the dense model unless "
+        "stored compressed). Layer dropping: whole layers removed." + structured, "",
+        "Also as [CSV](methods.csv).", "", methods_markdown(data), "![Every method](methods.png)",
+    ]
 
 
 def _layer_drop_md(data: dict) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.glue import get_task
 from ..io import read_json
-from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, variant
+from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, structured_id, variant
 from .runner import open_study, run_dir, study_status
 
 
@@ -54,7 +54,8 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
         ``{"spec", "tasks", "regimes", "rows": [{"regime", "sparsity", "pretrain_loss", "cells": {task: {"score",
         "train_loss", "lr"} | None}, "average": {...} | None}], "layer_drop": [...] | None, "status", "metric"}``,
         where "regimes" are those varying sparsity (Table 1's) and "layer_drop" the layer-drop table's rows
-        (see ``_layer_drop_rows``), ``None`` when the study has no layer_drop regime.
+        (see ``_layer_drop_rows``), ``None`` when the study has no layer_drop regime; "methods" sets unstructured
+        pruning, layer dropping and structured pruning side by side (``_method_rows``), with either of the last two.
     """
     root = Path(root)
     spec, _ = open_study(root)
@@ -75,7 +76,9 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
             rows.append({"regime": regime, "sparsity": sparsity, "pretrain_loss": pre["dev_loss_after"] if pre else None,
                          "cells": cells, "average": _average(cells)})
     layer_drop = _layer_drop_rows(results, spec, tasks, metric) if "layer_drop" in spec.regimes else None
-    return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "layer_drop": layer_drop,
+    methods = (_method_rows(results, spec, tasks, metric, rows, layer_drop)
+               if {"layer_drop", "structured"} & set(spec.regimes) else None)
+    return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "layer_drop": layer_drop, "methods": methods,
             "status": study_status(root), "metric": metric}
 
 
@@ -106,6 +109,60 @@ def _layer_drop_rows(results: dict, spec, tasks: list[str], metric: Metric) -> l
             "cells": cells, "average": _average(cells),
         })
     return rows
+
+
+def encoder_weights(model_dir: str | Path) -> tuple[int, int]:
+    """(nonzero, all) weights of the encoder layers in a saved model's ``model.safetensors``."""
+    import re
+
+    from safetensors import safe_open
+
+    from ..targets import ARCHITECTURES
+
+    model_dir = Path(model_dir)
+    model_type = read_json(model_dir / "config.json", "model config").get("model_type")
+    layers = re.compile(rf"(^|\.){re.escape(ARCHITECTURES[model_type].layers)}\.\d+\.")
+    nonzero = total = 0
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if layers.search(key):
+                tensor = f.get_tensor(key)
+                nonzero, total = nonzero + int(tensor.count_nonzero()), total + tensor.numel()
+    return nonzero, total
+
+
+def _method_rows(results: dict, spec, tasks: list[str], metric: Metric, rows: list[dict], layer_drop) -> list[dict]:
+    """Every method on one axis: ``{"method", "setting", "kept", "cells", "average"}``, where `kept` is the nonzero
+    encoder-layer weights of the model the method fine-tunes, over the dense pre-trained model's encoder-layer
+    weights (``None`` until that model exists): the dense model, unstructured pruning (the ``pruned`` regime's
+    models: zeros held), layer dropping and structured pruning (smaller matrices)."""
+    def kept(run_id: str) -> float | None:
+        run, dense = results.get(run_id), results.get(pretrain_id(0.0, spec.criterion))
+        if run is None or dense is None or not Path(run["model"], "model.safetensors").is_file():
+            return None
+        return encoder_weights(run["model"])[0] / encoder_weights(dense["model"])[1]
+
+    dense_cells = {task: _best_cell(results, variant("dense", 0.0), task, spec, metric) for task in tasks}
+    out = [{"method": "dense", "setting": "", "kept": kept(pretrain_id(0.0, spec.criterion)), "cells": dense_cells,
+            "average": _average(dense_cells)}]
+    for row in rows:
+        if row["regime"] == "pruned" and row["sparsity"] > 0:
+            out.append({"method": "unstructured", "setting": f"{spec.criterion} {row['sparsity']:.0%}",
+                        "kept": kept(pretrain_id(row["sparsity"], spec.criterion)), "cells": row["cells"],
+                        "average": row["average"]})
+    for row in (layer_drop or [])[1:]:
+        out.append({"method": "layer dropping", "setting": f"{row['strategy']} {row['count']}",
+                    "kept": kept(droplayers_id(row["strategy"], row["count"])), "cells": row["cells"],
+                    "average": row["average"]})
+    if "structured" in spec.regimes:
+        st = spec.structured
+        for heads, ffn in zip(st.heads, st.ffn):
+            cells = {task: _best_cell(results, variant("structured", heads=heads, ffn=ffn), task, spec, metric)
+                     for task in tasks}
+            out.append({"method": "structured", "setting": f"{st.criterion} heads {heads:.0%} ffn {ffn:.0%}",
+                        "kept": kept(structured_id(st.criterion, heads, ffn)), "cells": cells,
+                        "average": _average(cells)})
+    return out
 
 
 def _best_cell(results: dict, variant_name: str, task: str, spec, metric: Metric) -> dict | None:

@@ -62,6 +62,18 @@ def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run,
     return {"model": str(work / "model"), **{k: info[k] for k in keep}}
 
 
+def run_structured(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """Remove the run's fractions of attention heads and FFN neurons from the source run's model."""
+    from ..pipelines.prune_structured import prune_structured
+
+    p = run.params
+    info = prune_structured(_result_of(root, p["source"])["model"], str(work / "model"), heads=p["heads"], ffn=p["ffn"],
+                            criterion=p["criterion"], scope=p["scope"])
+    keep = ("heads_before", "heads_after", "ffn_before", "ffn_after", "encoder_params_before", "encoder_params_after",
+            "params_before", "params_after")
+    return {"model": str(work / "model"), **{k: info[k] for k in keep}}
+
+
 def _finetune_options(spec: StudySpec, run: Run) -> dict:
     """FinetuneConfig settings that depend on the regime (the rest fine-tunes every model alike)."""
     f, regime = spec.finetune, run.params["regime"]
@@ -145,6 +157,7 @@ class RunKind:
 RUN_KINDS: dict[str, RunKind] = {
     "pretrain": RunKind("pre-training", run_pretrain),
     "droplayers": RunKind("layer dropping", run_droplayers),
+    "structured": RunKind("structured pruning", run_structured),
     "finetune": RunKind("fine-tuning", run_finetune),
     "teacher": RunKind("teacher", run_teacher),
     "adapt": RunKind("mask learning", run_adapt),

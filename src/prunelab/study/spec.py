@@ -8,6 +8,7 @@
     [pretrain]  steps, prune_end, prune_every, batch_size, max_seq_len, lr, ...
     [finetune]  tasks, lrs, epochs, seeds, batch_size, max_seq_len, max_train_samples, prune_after_epochs, ...
     [layer_drop] strategies, counts                 (the layer_drop regime: Sajjad et al. 2020, "Poor Man's BERT")
+    [structured] criterion, scope, heads, ffn       (the structured regime: heads and FFN neurons removed)
     [resources] cpus, gpus                          (per run, for the Ray executor)
 """
 
@@ -24,12 +25,14 @@ from ..config import from_dict
 from ..data.glue import get_task
 from ..methods.kd_losses import DistillSettings
 from ..methods.layer_drop import STRATEGIES
+from ..methods.structured import SCOPES as UNIT_SCOPES
 from ..scores import CRITERIA
 from ..select import SCOPES
 
 # How each regime is planned lives in plan.REGIMES; these are their names, in the order they are documented.
-REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop", "adapt", "distill",
-           "pruned_during_finetuning")
+REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop", "structured", "adapt",
+           "distill", "pruned_during_finetuning")
+STUDY_UNIT_CRITERIA = ("magnitude", "random")  # the structured regime's: no task data needed
 DEFAULT_REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random")  # the paper's four
 
 
@@ -93,6 +96,20 @@ class LayerDropSpec:
 
 
 @dataclass
+class StructuredSpec:
+    """The structured regime: per position i, ``heads[i]`` of the attention heads and ``ffn[i]`` of the FFN neurons
+    removed from the dense pre-trained model by `criterion` (``magnitude`` or ``random``: the study's models are
+    pruned once for every task) over `scope`, then fine-tuned like the dense model."""
+
+    CHECKED: ClassVar[tuple] = ("criterion", "scope", "heads", "ffn")  # by _check_structured, the lists side by side
+
+    criterion: str = "magnitude"
+    scope: str = "layer"
+    heads: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    ffn: list[float] = field(default_factory=lambda: [0.25, 0.5])
+
+
+@dataclass
 class AdaptSpec:
     """The adapt regime (Gao et al. 2021): masks learned over the frozen dense pre-trained model, per sparsity.
 
@@ -146,6 +163,7 @@ class StudySpec:
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     layer_drop: LayerDropSpec = field(default_factory=LayerDropSpec)
+    structured: StructuredSpec = field(default_factory=StructuredSpec)
     adapt: AdaptSpec = field(default_factory=AdaptSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
     resources: Resources = field(default_factory=Resources)
@@ -170,6 +188,7 @@ class StudySpec:
         if not self.finetune.lrs or not self.finetune.seeds:
             raise ValueError(f"[finetune] lrs and seeds{where} must not be empty")
         self._check_layer_drop(where)
+        self._check_structured(where)
         if not self.adapt.lrs or any(lr <= 0 for lr in self.adapt.lrs):
             raise ValueError(f"[adapt] lrs{where} must be a non-empty list of positive learning rates, e.g. [1e-3]")
 
@@ -189,6 +208,22 @@ class StudySpec:
             raise ValueError(f"[layer_drop] counts{where}: {got}; give a non-empty list without repeats of whole "
                              "numbers >= 1 (layers to drop, fewer than the model has)")
 
+    def _check_structured(self, where: str) -> None:
+        st = self.structured
+        if st.criterion not in STUDY_UNIT_CRITERIA or st.scope not in UNIT_SCOPES:
+            raise ValueError(f"[structured] criterion {st.criterion!r} / scope {st.scope!r}{where}: allowed criteria "
+                             f"{', '.join(STUDY_UNIT_CRITERIA)} (importance and from-masks: prunelab prune-structured), "
+                             f"scopes {', '.join(UNIT_SCOPES)}")
+        pairs = (st.heads, st.ffn)
+        if any(not isinstance(v, list) for v in pairs) or len(st.heads) != len(st.ffn) or not st.heads or any(
+                isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1 for v in pairs for f in v) or \
+                len(set(zip(st.heads, st.ffn))) < len(st.heads):
+            raise ValueError(f"[structured] heads {st.heads!r} and ffn {st.ffn!r}{where}: give two lists of the same "
+                             "length of fractions in [0, 1] (model i removes heads[i] and ffn[i]), no pair twice")
+        if any(h >= 1 for h in st.heads):
+            raise ValueError(f"[structured] heads{where}: 1.0 removes every head; the study keeps one per layer, "
+                             "so use fractions below 1")
+
     def data_dir(self, override: str | None = None) -> Path | None:
         """The data root: `override`, else ``[data] dir``, else ``$PRUNELAB_DATA``."""
         chosen = override or self.data.dir or os.environ.get("PRUNELAB_DATA")
@@ -200,7 +235,7 @@ class StudySpec:
 
 # An absent section takes its defaults, so a study.json written before a section existed still opens.
 SECTIONS = {"data": DataSpec, "pretrain": PretrainSpec, "finetune": FinetuneSpec, "layer_drop": LayerDropSpec,
-            "adapt": AdaptSpec, "distill": DistillSpec, "resources": Resources}
+            "structured": StructuredSpec, "adapt": AdaptSpec, "distill": DistillSpec, "resources": Resources}
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:

@@ -1,4 +1,5 @@
-"""The report's tables, Table 1 (Markdown, CSV, LaTeX) and the layer-drop table (Markdown, CSV), from ``collect``'s data."""
+"""The report's tables, Table 1 (Markdown, CSV, LaTeX), the layer-drop table and the methods table (Markdown, CSV),
+from ``collect``'s data."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 MISSING = "—"
 REGIME_LABELS = {"pruned": "Pruned (during pre-training)", "information_deletion": "Information deletion",
                  "pruned_after_finetuning": "Pruned after fine-tuning", "random": "Random pruning",
-                 "layer_drop": "Layer dropping", "adapt": "Adapting by pruning (learned masks)",
+                 "layer_drop": "Layer dropping", "structured": "Structured pruning (heads, FFN neurons)", "adapt": "Adapting by pruning (learned masks)",
                  "distill": "Knowledge-aware pruning (distilled)", "pruned_during_finetuning": "Pruned during fine-tuning"}
 
 
@@ -63,6 +64,20 @@ def layer_drop_markdown(data: dict) -> str:
         lines.append(f"| {_strategy_label(row['strategy'])} | {row['count']} | {which} | {kept} | {params} | {time} | "
                      + " | ".join(_cells(data, row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def methods_markdown(data: dict) -> str:
+    lines = ["| Method | Setting | Encoder weights kept | " + _tasks_header(data, " | ") + " | Avg. |",
+             "|---|---|---:|" + "---:|" * (len(data["tasks"]) + 1)]
+    for row in data["methods"]:
+        kept = MISSING if row["kept"] is None else f"{row['kept']:.1%}"
+        lines.append(f"| {row['method']} | {row['setting'] or 'none'} | {kept} | " + " | ".join(_cells(data, row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def methods_csv(data: dict) -> str:
+    return _csv(data, data["methods"], ["method", "setting", "encoder_weights_kept"],
+                lambda row: [row["method"], row["setting"], row["kept"]])
 
 
 def _strategy_label(strategy: str) -> str:
