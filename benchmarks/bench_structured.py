@@ -6,21 +6,23 @@ the pruned model is saved and loaded back with ``prunelab.from_pretrained`` (wha
 exported with ``prunelab export-onnx`` (each export checked against PyTorch in onnxruntime).
 
 Latency: one forward pass (``torch.no_grad``, eval) at each batch shape, random token ids, full attention mask. The
-variants run interleaved, one pass each in turn, --repeats times after two warm-up rounds, so machine noise hits them
-alike; medians are printed, each against the dense model's median in the same run, with the median of the per-round
+variants run interleaved, one pass each in a new (seeded) random order every round, --repeats times after two warm-up
+rounds, so machine noise and order effects hit them alike; medians are printed, each against the dense model's median in the same run, with the median of the per-round
 paired ratios. An identical copy of the dense model is timed as a variant too: its ratio is the noise floor.
-onnxruntime sessions use as many intra-op threads as torch does.
+onnxruntime sessions use as many intra-op threads as torch does, without spinning (its idle threads would otherwise
+busy-wait into the next variant's time).
 
 Goals (issue "Structured pruning"): PyTorch latency of the pruned model at most 0.6x dense at 8 x 128; onnxruntime
 on the pruned model faster than PyTorch on it.
 
-    python benchmarks/bench_structured.py [--repeats 15] [--shapes 1x128,8x128] [--seed 0]
+    python benchmarks/bench_structured.py [--repeats 20] [--shapes 1x128,8x128] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import tempfile
 import time
@@ -46,7 +48,7 @@ def encoder_params(model) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--shapes", default="1x128,8x128")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -64,7 +66,8 @@ def main() -> None:
         prune_units(pruned_in_memory, heads=0.5, ffn=0.5, scope="global")
         save_artifact(pruned_in_memory, None, None, {}, root / "pruned")
         pruned = prunelab.from_pretrained(str(root / "pruned")).model.eval()
-        noise = copy.deepcopy(dense)
+        # every timed model in memory allocated the same way (a copy), none mapped from a file or built in pieces
+        dense, noise, pruned = copy.deepcopy(dense), copy.deepcopy(dense), copy.deepcopy(pruned)
         counts = unit_counts(pruned)
         sizes = {name: sum(f.stat().st_size for f in (root / name).glob("*.safetensors")) for name in ("dense", "pruned")}
         onnx = {}
@@ -72,6 +75,8 @@ def main() -> None:
             info = export_onnx(str(root / name), root / f"{name}.onnx")
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
+            # no busy-waiting threads after a run: they would slow whichever variant runs next
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             onnx[name] = (onnxruntime.InferenceSession(str(root / f"{name}.onnx"), options, providers=["CPUExecutionProvider"]),
                           info)
 
@@ -103,10 +108,11 @@ def main() -> None:
                 "onnxruntime pruned": lambda: onnx["pruned"][0].run(None, feeds),
             }
             times = {name: [] for name in variants}
+            rng = random.Random(args.seed)
             for r in range(args.repeats + 2):
-                for name, fn in variants.items():
+                for name in rng.sample(list(variants), len(variants)):  # a new order each round
                     start = time.perf_counter()
-                    fn()
+                    variants[name]()
                     if r >= 2:  # two warm-up rounds
                         times[name].append(time.perf_counter() - start)
             med = {name: statistics.median(t) for name, t in times.items()}

@@ -163,6 +163,21 @@ def test_cli_prunes_compresses_inspects_and_finetunes_a_structured_model(tmp_pat
                  "--data-dir", str(glue_dir), "--samples", "8", "--out", str(tmp_path / "imp")]) == 0
 
 
+def test_per_head_analyses_split_each_layer_by_its_own_head_count():
+    from prunelab.analysis.weights import head_pruning, key_heatmap
+
+    model = tiny_model("bert")
+    S.remove_units(model, {"heads": [[0, 3], [1, 2, 3]]})
+    result = head_pruning(model, [0.5])
+    assert result["heads"] == [2, 3]
+    per_matrix = {}
+    for row in result["rows"]:
+        per_matrix.setdefault((row["name"]), []).append(row["head"])
+    assert per_matrix["encoder.layer.0.attention.self.query.weight"] == [0, 1]
+    assert per_matrix["encoder.layer.1.attention.output.dense.weight"] == [0, 1, 2]
+    assert key_heatmap(model, 1)["magnitude"].shape == (32, 3 * 8)
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--heads", "1.5"], "--heads 1.5 must be a number >= 0 and <= 1"),
     (["--ffn", "-0.1"], "--ffn -0.1 must be a number >= 0 and <= 1"),

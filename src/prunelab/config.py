@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from .schedules import SCHEDULES
 from .scores import CRITERIA
-from .select import SCOPES
+from .select import SCOPES, parse_structure
 from .targets import parse_kinds
 
 MODES = ("enforced", "free")
@@ -37,6 +37,9 @@ class PruningConfig:
         seed: Seed of stochastic criteria.
         include, exclude: Kinds to keep / drop (see ``targets.KINDS``); ``include=None`` keeps all.
         layers: Layer indices to prune; ``None`` prunes all layers.
+        structure: ``"N:M"`` (e.g. ``"2:4"``): exactly N kept in every group of M consecutive weights along each
+            target's input dimension; then `sparsity` is 1 - N/M, the schedule ``oneshot`` or ``constant`` and the
+            scope ``matrix``. ``None``: unstructured.
     """
 
     sparsity: float = 0.5
@@ -53,6 +56,7 @@ class PruningConfig:
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     layers: list[int] | None = None
+    structure: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("sparsity", "initial_sparsity"):
@@ -77,6 +81,14 @@ class PruningConfig:
                     f"initial_sparsity {self.initial_sparsity} exceeds sparsity {self.sparsity}; masks are "
                     "monotone, so the schedule must not decrease (or set regrow=True)"
                 )
+        if self.structure is not None:
+            n, m = parse_structure(self.structure)
+            if abs(self.sparsity - (1 - n / m)) > 1e-9:
+                raise ValueError(f"structure {self.structure} keeps {n} of every {m} weights: sparsity {1 - n / m:g}, "
+                                 f"not {self.sparsity:g}; drop the sparsity or set it to {1 - n / m:g}")
+            if self.schedule not in ("oneshot", "constant") or self.scope != "matrix":
+                raise ValueError(f"structure {self.structure} is exact in every group: it needs the oneshot or "
+                                 f"constant schedule and matrix scope (got {self.schedule}, {self.scope})")
         self.exclude = sorted(parse_kinds(self.exclude, "exclude"))
         if self.include is not None:
             self.include = sorted(parse_kinds(self.include, "include"))

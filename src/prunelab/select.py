@@ -3,6 +3,8 @@
 Scopes:
     ``matrix``: a threshold per target; each target loses exactly round(s * n_i) weights.
     ``global``: one threshold over all targets; exactly round(s * N) weights go in total.
+N:M structure (``nm_masks``): in every group of M consecutive weights along a target's input dimension exactly N
+are kept, the N best-scored (ties by position); the sparsity is 1 - N/M in every target.
 
 Selection is a two-pass radix select on order-preserving int32 keys of the float32 scores: a histogram
 of the high 16 bits finds the bucket of the k-th smallest key, a histogram of the low 16 bits inside it
@@ -132,6 +134,46 @@ def compute_masks(
     if scope == "global":
         return select(names)
     return {n: select([n], cached=keys_of(n))[n] for n in names}
+
+
+def parse_structure(structure: str) -> tuple[int, int]:
+    """``"N:M"`` as ``(N, M)``, 0 <= N <= M, M >= 1."""
+    try:
+        n, m = (int(x) for x in str(structure).split(":"))
+    except ValueError:
+        raise ValueError(f"structure {structure!r} is not N:M (e.g. 2:4: keep 2 of every 4 weights)") from None
+    if not 0 <= n <= m or m < 1:
+        raise ValueError(f"structure {structure!r}: need 0 <= N <= M and M >= 1, e.g. 2:4")
+    return n, m
+
+
+def nm_masks(weights: Mapping[str, torch.Tensor], structure: str, *, criterion: str = "magnitude", seed: int = 0,
+             input_axes: Mapping[str, int] | None = None, previous: Mapping[str, torch.Tensor] | None = None,
+             ) -> dict[str, torch.Tensor]:
+    """Keep masks with exactly N kept in every group of M consecutive weights along each target's input axis
+    (`input_axes`: name -> axis, default the last), the N highest-scored, ties broken by position; weights
+    `previous` prunes stay pruned while a group has enough others.
+
+    Raises:
+        ValueError: a malformed structure, or a target whose input dimension is not a multiple of M (naming it).
+    """
+    n, m = parse_structure(structure)
+    score_fn = get_criterion(criterion)
+    masks = {}
+    for name, weight in weights.items():
+        axis = (input_axes or {}).get(name, -1) % weight.dim()
+        if weight.shape[axis] % m:
+            raise ValueError(f"{name!r}: its input dimension ({weight.shape[axis]}) is not a multiple of {m}, so it "
+                             f"has no {n}:{m} structure; exclude its kind or choose another M")
+        scores = score_fn(weight, name=name, seed=seed).to(torch.float32)
+        if previous is not None:
+            scores = scores.masked_fill(~previous[name].to(scores.device), float("-inf"))
+        moved = scores.movedim(axis, -1)
+        groups = moved.reshape(*moved.shape[:-1], -1, m)
+        order = torch.sort(groups, dim=-1, descending=True, stable=True).indices[..., :n]
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True)
+        masks[name] = keep.reshape(moved.shape).movedim(-1, axis).contiguous()
+    return masks
 
 
 def mask_sparsity(mask: torch.Tensor) -> float:

@@ -303,6 +303,16 @@ def resolve_targets(
     return selected
 
 
+# The axis of a target's weight that its input contracts with (N:M groups run along it): a Linear's and the word
+# embeddings' last axis; XLNet's 3-D (d_model, n_head, d_head) projections contract d_model, its output o
+# contracts (n_head, d_head), grouped along d_head.
+_INPUT_AXIS_3D = {"attention_output": -1}
+
+
+def input_axis(target: Target) -> int:
+    return _INPUT_AXIS_3D.get(target.kind, 0) if len(target.shape) == 3 else -1
+
+
 def get_parameter(model: nn.Module, target: Target) -> torch.nn.Parameter:
     """The live parameter of `target` in `model` (looked up by name, so never a stale reference)."""
     return model.get_parameter(target.param_name)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..select import compute_masks
+from ..methods.structured import unit_counts
 from ..targets import KINDS, Target, get_parameter, num_heads, resolve_targets
 from .common import ATTENTION_KINDS, check_tokenizer, parse_sparsity, split_heads, target_weights
 
@@ -98,19 +99,22 @@ def head_pruning(model: nn.Module, sparsities=DEFAULT_SPARSITIES) -> dict:
     pruned on its own (matrix scope) and split into heads with ``split_heads``.
 
     Returns:
-        ``{"heads": H, "rows": [...], "summary": [...]}``: ``rows`` has one entry per (sparsity, matrix,
+        ``{"heads": H (a list per layer when the layers differ), "rows": [...], "summary": [...]}``: ``rows`` has one entry per (sparsity, matrix,
         head) with ``fraction`` pruned; ``summary`` one per (sparsity, kind) plus kind ``all``, with the
         ``min``, ``mean``, ``max`` and ``std`` of that fraction over heads.
     """
     targets = [t for t in resolve_targets(model) if t.kind in ATTENTION_KINDS]
-    heads = num_heads(model)
+    per_layer = unit_counts(model)["heads"]  # a structurally pruned model has its own count per layer
+    targets = [t for t in targets if per_layer[t.layer]]  # a layer without heads has no head to measure
+    heads = num_heads(model) if len(set(per_layer)) == 1 else per_layer
     weights = target_weights(model, targets)
     rows, summary = [], []
     for s in sparsities:
         masks = compute_masks(weights, parse_sparsity(s), criterion="magnitude", scope="matrix")
         per_kind: dict[str, list[torch.Tensor]] = {}
         for t in targets:
-            fraction = 1.0 - split_heads(masks[t.name], t.kind, heads).reshape(heads, -1).double().mean(dim=1)
+            n = per_layer[t.layer]
+            fraction = 1.0 - split_heads(masks[t.name], t.kind, n).reshape(n, -1).double().mean(dim=1)
             per_kind.setdefault(t.kind, []).append(fraction)
             rows += [{"sparsity": float(s), "name": t.name, "kind": t.kind, "layer": t.layer, "head": h,
                       "fraction": float(f)} for h, f in enumerate(fraction)]
@@ -131,7 +135,9 @@ def key_heatmap(model: nn.Module, layer: int) -> dict:
         dimension down, the head's output units across); ``head_mean_abs`` the mean |w| per head.
     """
     targets = [t for t in resolve_targets(model, include=["key"], layers=[layer]) if t.kind == "key"]
-    target, heads = targets[0], num_heads(model)
+    target, heads = targets[0], unit_counts(model)["heads"][layer]
+    if heads == 0:
+        raise ValueError(f"layer {layer} has no attention head left (structured pruning); choose another --layer")
     per_head = split_heads(get_parameter(model, target).detach().float().abs(), "key", heads)  # (H, d_head, d_model)
     magnitude = per_head.permute(2, 0, 1).reshape(per_head.shape[2], -1)  # (d_model, H * d_head)
     return {"name": target.name, "layer": layer, "heads": heads, "d_head": per_head.shape[1], "magnitude": magnitude,

@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--sparsity", type=float, required=True, help="final fraction of zeros in [0, 1]")
     add_criterion_and_scope(p)
     p.add_argument("--schedule", choices=("cubic", "oneshot"), default="cubic")
+    p.add_argument("--structure", metavar="N:M", help="N:M masks, e.g. 2:4 (with --schedule oneshot and --sparsity 1 - N/M)")
     p.add_argument("--prune-start", type=int, default=0, help="step pruning starts at (default 0)")
     p.add_argument("--prune-end", type=int, help="step the final sparsity is reached (default min(10000, --steps))")
     p.add_argument("--prune-every", type=int, default=10, help="steps between mask updates (default 10)")
@@ -38,7 +39,8 @@ def run(args) -> int:
     cfg = PretrainConfig(
         corpus=args.corpus, dataset=args.dataset, dataset_split=args.dataset_split,
         text_column=args.text_column, sparsity=args.sparsity, steps=args.steps,
-        criterion=args.criterion, scope=args.scope, schedule=args.schedule, prune_start=args.prune_start,
+        criterion=args.criterion, scope=args.scope, schedule=args.schedule, structure=args.structure,
+        prune_start=args.prune_start,
         prune_end=args.prune_end, prune_every=args.prune_every, dev_file=args.dev_file, dev_fraction=args.dev_fraction,
         lr=args.lr, warmup_steps=args.warmup_steps, mlm_probability=args.mlm_probability,
         head_warmup_steps=args.head_warmup_steps, save_steps=args.save_steps, **trainer_options(args),

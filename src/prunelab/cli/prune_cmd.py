@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..artifact import prune
 from ..config import PruningConfig
+from ..select import parse_structure
 from .compress_cmd import add_codec, summary
 from .options import add_criterion_and_scope, add_model, add_out, ints
 
@@ -11,7 +12,9 @@ from .options import add_criterion_and_scope, add_model, add_out, ints
 def register(sub) -> None:
     p = sub.add_parser("prune", help="one-shot prune a model and save it with its masks")
     add_model(p)
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of zeros in [0, 1], e.g. 0.6")
+    p.add_argument("--sparsity", type=float, help="fraction of zeros in [0, 1], e.g. 0.6 (with --structure: 1 - N/M)")
+    p.add_argument("--structure", metavar="N:M", help="keep exactly N of every M consecutive weights along the input "
+                                                    "dimension, e.g. 2:4 (sparsity 1 - N/M)")
     add_criterion_and_scope(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     p.add_argument("--include", help="comma-separated kinds to prune (default: all)")
@@ -24,8 +27,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    sparsity = args.sparsity
+    if args.structure is not None and sparsity is None:
+        n, m = parse_structure(args.structure)
+        sparsity = 1 - n / m
+    if sparsity is None:
+        raise ValueError("give --sparsity S (the fraction of zeros) or --structure N:M")
     config = PruningConfig(
-        sparsity=args.sparsity,
+        sparsity=sparsity,
+        structure=args.structure,
         criterion=args.criterion,
         scope=args.scope,
         schedule="oneshot",

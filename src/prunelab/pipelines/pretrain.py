@@ -49,6 +49,7 @@ class PretrainConfig(RunOptions):
     criterion: str = "magnitude"
     scope: str = "matrix"
     schedule: str = "cubic"
+    structure: str | None = None  # "N:M" (oneshot schedule): exactly N of every M weights kept
     prune_start: int = 0
     prune_end: int | None = None  # default: min(10_000, steps), the paper's first 10k steps
     prune_every: int = 10
@@ -93,7 +94,7 @@ class PretrainConfig(RunOptions):
     def pruning_config(self) -> PruningConfig:
         return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, schedule=self.schedule,
                              start_step=self.prune_start, end_step=self.prune_end, update_every=self.prune_every,
-                             seed=self.seed, mode="enforced")
+                             seed=self.seed, mode="enforced", structure=self.structure)
 
 
 def _mask_once(blocks: list[list[int]], tokenizer, probability: float, seed: int) -> ListDataset:

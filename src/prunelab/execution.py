@@ -1,0 +1,193 @@
+"""Sparse execution: run each pruned linear layer with a library sparse kernel where a measurement says it is faster.
+
+``sparse_execution(model, example_inputs)`` runs the model once on `example_inputs` to learn each target linear
+layer's input shape, then times, on that shape, the dense layer against the sparse layouts torch offers for it:
+CSR and BSR (``torch.sparse.mm``, MKL on CPU), and on CUDA 2:4 semi-structured
+(``torch.sparse.to_sparse_semi_structured``) where the mask is 2:4 and the GPU supports it. A layer switches only
+when its best sparse layout beats the dense one by more than the noise floor (two timings of the dense layer
+against each other); otherwise it stays dense, and the report says so. No kernel is written here.
+
+The model is changed in place (its chosen ``nn.Linear`` modules become ``SparseLinear``) and returned; the report,
+one dict per target linear layer, is ``model.prunelab_execution``. A model with sparse layers is for inference:
+save it before, not after.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from .targets import resolve_targets
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "dense", "csr", "bsr")
+BSR_BLOCK = 32
+MIN_SPARSITY = 0.3  # below this no library kernel has a chance; the layer is not even timed
+NOISE_MARGIN = 0.03  # the least margin a sparse layout must win by, whatever the measured noise
+
+
+class SparseLinear(nn.Module):
+    """``nn.Linear`` with its weight in a sparse layout: ``y = x W^T + b`` as ``(W x^T)^T + b`` by ``torch.sparse.mm``."""
+
+    def __init__(self, linear: nn.Linear, layout: str):
+        super().__init__()
+        self.in_features, self.out_features, self.layout = linear.in_features, linear.out_features, layout
+        self.weight = sparse_weight(linear.weight.detach(), layout)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if self.layout == "semi_structured":
+            y = torch.mm(flat, self.weight.t())
+        else:
+            y = torch.sparse.mm(self.weight, flat.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}"
+
+
+def sparse_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        if layout == "csr":
+            return weight.to_sparse_csr()
+        if layout == "bsr":
+            return weight.to_sparse_bsr((BSR_BLOCK, BSR_BLOCK))
+    if layout == "semi_structured":
+        return torch.sparse.to_sparse_semi_structured(weight)
+    raise ValueError(f"unknown sparse layout {layout!r}")
+
+
+def candidate_layouts(weight: torch.Tensor) -> list[str]:
+    """The sparse layouts a library kernel offers for `weight` on its device."""
+    layouts = ["csr"]
+    if weight.shape[0] % BSR_BLOCK == 0 and weight.shape[1] % BSR_BLOCK == 0:
+        layouts.append("bsr")
+    if weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and is_two_four(weight != 0):
+        major, _ = torch.cuda.get_device_capability(weight.device)
+        if major >= 8:
+            layouts.append("semi_structured")
+    return layouts
+
+
+def is_two_four(mask: torch.Tensor) -> bool:
+    """Every group of 4 consecutive weights along the input dimension keeps at most 2."""
+    if mask.shape[-1] % 4:
+        return False
+    return bool((mask.reshape(*mask.shape[:-1], -1, 4).sum(-1) <= 2).all())
+
+
+def _median_seconds(fn, repeats: int, sync: bool) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+@torch.no_grad()
+def time_layer(linear: nn.Linear, shape: tuple[int, ...], layouts: list[str], repeats: int = 7) -> dict[str, float]:
+    """Median seconds of `linear` on an input of `shape`: dense (twice: the noise floor) and each of `layouts`,
+    interleaved, after a warm-up."""
+    x = torch.randn(shape, device=linear.weight.device, dtype=linear.weight.dtype)
+    variants = {"dense": linear, "dense_again": linear}
+    for layout in layouts:
+        try:
+            variants[layout] = SparseLinear(linear, layout)
+            variants[layout](x)
+        except (RuntimeError, NotImplementedError) as err:  # a layout this build or device does not support
+            logger.info("layout %s unavailable for %s: %s", layout, tuple(linear.weight.shape), err)
+            variants.pop(layout, None)
+    sync = linear.weight.is_cuda
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        fn(x)  # warm-up
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name] += _median_seconds(lambda: fn(x), 1, sync)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto", repeats: int = 7) -> nn.Module:
+    """Give each pruned target linear layer of `model` the fastest execution measured on `example_inputs`'s shapes.
+
+    Args:
+        model: A model whose pruned targets hold zeros (any head class); changed in place.
+        example_inputs: The model's forward inputs (e.g. ``input_ids``, ``attention_mask``) at the shapes to serve.
+        mode: ``auto`` (measure, switch only where faster), ``dense`` (report only), or ``csr``/``bsr`` (force).
+        repeats: Timings per variant and layer (medians are compared).
+
+    Returns:
+        `model`, with ``model.prunelab_execution``: one dict per target linear layer (name, shape, sparsity,
+        choice, median dense and chosen milliseconds, their ratio, and why).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown sparse execution mode {mode!r}; allowed: {', '.join(MODES)}")
+    linears = {}
+    for t in resolve_targets(model):
+        module_name = t.param_name.rsplit(".", 1)[0]
+        module = model.get_submodule(module_name)
+        if isinstance(module, nn.Linear) and t.param_name.endswith(".weight"):
+            linears[module_name] = module
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module, args) -> None:  # returns None: the inputs pass unchanged
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in linears.items()]
+    try:
+        with torch.no_grad():
+            model(**example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    report = []
+    for name, linear in linears.items():
+        weight = linear.weight.detach()
+        sparsity = 1.0 - float(weight.count_nonzero()) / weight.numel()
+        row = {"name": name, "shape": list(weight.shape), "input": list(shapes.get(name, ())), "sparsity": sparsity,
+               "choice": "dense", "dense_ms": None, "chosen_ms": None, "ratio": 1.0}
+        if name not in shapes:
+            row["why"] = "not used by the forward pass"
+        elif mode == "dense":
+            row["why"] = "mode dense"
+        elif sparsity < MIN_SPARSITY and mode == "auto":
+            row["why"] = f"sparsity below {MIN_SPARSITY:.0%}"
+        else:
+            layouts = [mode] if mode in ("csr", "bsr") else candidate_layouts(weight)
+            medians = time_layer(linear, shapes[name], layouts, repeats)
+            noise = abs(medians["dense_again"] / medians["dense"] - 1.0)
+            sparse = {k: v for k, v in medians.items() if k not in ("dense", "dense_again")}
+            best = min(sparse, key=sparse.get) if sparse else None
+            row["dense_ms"] = medians["dense"] * 1e3
+            wins = best is not None and sparse[best] < medians["dense"] * (1.0 - max(noise, NOISE_MARGIN))
+            if best is not None and (wins or mode in ("csr", "bsr")):
+                row.update(choice=best, chosen_ms=sparse[best] * 1e3, ratio=sparse[best] / medians["dense"],
+                           why="forced" if mode != "auto" else f"{best} faster beyond the noise floor ({noise:.1%})")
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child, SparseLinear(linear, best))
+            else:
+                row.update(chosen_ms=medians["dense"] * 1e3,
+                           why=("no sparse layout available" if best is None else
+                                f"best sparse layout {best} at {sparse[best] / medians['dense']:.2f}x dense: "
+                                f"not faster beyond the noise floor ({max(noise, NOISE_MARGIN):.1%})"))
+        report.append(row)
+        logger.info("%s: %s (%s)", name, row["choice"], row.get("why"))
+    model.prunelab_execution = report
+    return model

@@ -1,0 +1,96 @@
+"""`prunelab speed` and sparse execution: honest timing, and sparse kernels only where they keep the outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import batch, tiny_model
+from prunelab import Pruner, PruningConfig
+from prunelab.artifact import save_artifact
+from prunelab.cli import main
+from prunelab.execution import SparseLinear, sparse_execution
+from prunelab.speed import NOISE_FLOOR, measure
+
+
+def pruned_tiny(sparsity: float = 0.9, head: str = "cls"):
+    model = tiny_model("bert", head)
+    Pruner(model, PruningConfig(sparsity=sparsity)).update_masks(sparsity, step=0)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["csr", "bsr", "auto"])
+def test_sparse_execution_keeps_the_outputs(mode):
+    model = pruned_tiny()
+    inputs = batch("bert")
+    with torch.no_grad():
+        want = model(**inputs).logits
+    sparse_execution(model, inputs, mode=mode, repeats=3)
+    report = model.prunelab_execution
+    assert len(report) == 13 and all(r["why"] for r in report)  # 6 target linears per layer x 2, and the pooler
+    chosen = [r for r in report if r["choice"] != "dense"]
+    swapped = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    assert len(chosen) == len(swapped)
+    if mode == "csr":
+        assert len(swapped) == 13 and all(r["choice"] == "csr" and r["ratio"] > 0 for r in report)
+    if mode == "bsr":  # 32-wide blocks: only the 32x32 matrices of the tiny model have them
+        assert {r["choice"] for r in report} <= {"bsr", "dense"} and any(r["choice"] == "bsr" for r in report)
+    with torch.no_grad():
+        got = model(**inputs).logits
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sparse_execution_mode_dense_only_reports():
+    model = pruned_tiny()
+    sparse_execution(model, batch("bert"), mode="dense")
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    assert all(r["choice"] == "dense" and r["why"] == "mode dense" for r in model.prunelab_execution)
+    with pytest.raises(ValueError, match="unknown sparse execution mode 'fast'"):
+        sparse_execution(model, batch("bert"), mode="fast")
+
+
+def test_measure_times_models_interleaved_with_a_noise_floor(tmp_path):
+    save_artifact(tiny_model("bert"), None, None, {}, tmp_path / "dense")
+    save_artifact(pruned_tiny(head="base"), None, None, {}, tmp_path / "pruned")
+    result = measure([str(tmp_path / "dense"), str(tmp_path / "pruned")], batch_sizes=[1, 2], seq_len=8, repeats=3,
+                     warmup=1, sparse_execution="auto")
+    assert [(r["model"], r["batch"]) for r in result["rows"]] == [
+        (m, b) for b in (1, 2) for m in (str(tmp_path / "dense"), str(tmp_path / "pruned"), NOISE_FLOOR)]
+    first = [r for r in result["rows"] if r["model"] == str(tmp_path / "dense")]
+    assert all(r["ratio"] == 1.0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] for r in first)
+    assert all(r["throughput"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3) for r in result["rows"])
+    assert set(result["execution"]) == {str(tmp_path / "dense"), str(tmp_path / "pruned"), NOISE_FLOOR}
+
+
+def test_speed_cli_prints_a_table_writes_json_and_times_onnx(tmp_path, capsys):
+    save_artifact(tiny_model("bert"), None, None, {}, tmp_path / "dense")
+    assert main(["export-onnx", str(tmp_path / "dense"), "--out", str(tmp_path / "dense.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["speed", str(tmp_path / "dense"), str(tmp_path / "dense.onnx"), "--batch-sizes", "2", "--seq-len", "8",
+                 "--repeats", "3", "--json", str(tmp_path / "speed.json")]) == 0
+    out = capsys.readouterr().out
+    assert "median ms" in out and "dense.onnx" in out and "noise floor" in out
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert len(data["rows"]) == 3 and data["seq_len"] == 8
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--batch-sizes", "0"], "--batch-sizes entry 0 must be a whole number >= 1"),
+    (["--batch-sizes", "a,b"], "--batch-sizes 'a,b' is not a comma-separated list of integers"),
+    (["--device", "tpu"], "--device 'tpu': allowed cpu, cuda"),
+    (["--autocast", "fp16"], "on --device cuda only"),
+    (["--seq-len", "0"], "--seq-len 0 must be a whole number >= 1"),
+])
+def test_bad_speed_input_is_one_line(tmp_path, capsys, argv, says):
+    save_artifact(tiny_model("bert"), None, None, {}, tmp_path / "dense")
+    capsys.readouterr()
+    assert main(["speed", str(tmp_path / "dense"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+
+
+def test_a_missing_onnx_file_is_one_line(tmp_path, capsys):
+    assert main(["speed", str(tmp_path / "nothing.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
