@@ -12,7 +12,7 @@ from prunelab import Pruner, PruningConfig
 from prunelab.artifact import save_artifact
 from prunelab.cli import main
 from prunelab.execution import SparseLinear, sparse_execution
-from prunelab.speed import NOISE_FLOOR, measure
+from prunelab.speed import NOISE_FLOOR, measure_speed
 
 
 def pruned_tiny(sparsity: float = 0.9, head: str = "cls"):
@@ -54,7 +54,7 @@ def test_sparse_execution_mode_dense_only_reports():
 def test_measure_times_models_interleaved_with_a_noise_floor(tmp_path):
     save_artifact(tiny_model("bert"), None, None, {}, tmp_path / "dense")
     save_artifact(pruned_tiny(head="base"), None, None, {}, tmp_path / "pruned")
-    result = measure([str(tmp_path / "dense"), str(tmp_path / "pruned")], batch_sizes=[1, 2], seq_len=8, repeats=3,
+    result = measure_speed([str(tmp_path / "dense"), str(tmp_path / "pruned")], batch_sizes=[1, 2], seq_len=8, repeats=3,
                      warmup=1, sparse_execution="auto")
     assert [(r["model"], r["batch"]) for r in result["rows"]] == [
         (m, b) for b in (1, 2) for m in (str(tmp_path / "dense"), str(tmp_path / "pruned"), NOISE_FLOOR)]

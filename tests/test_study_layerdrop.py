@@ -77,8 +77,8 @@ def test_plan_cli_counts_the_layer_dropping_runs(tmp_path, capsys):
     assert "  droplayers-top-k1  <- pretrain-s0.00\n" in out
     assert main(["study", "plan", str(REPO / "studies" / "methods-demo.toml")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("study methods-minilm-demo: 28 runs (2 pre-training, 10 layer dropping, 12 fine-tuning, 1 teacher, "
-                          "1 mask learning, 2 pruning while fine-tuning)")
+    assert out.startswith("study methods-minilm-demo: 30 runs (2 pre-training, 10 layer dropping, 1 structured pruning, "
+                          "13 fine-tuning, 1 teacher, 1 mask learning, 2 pruning while fine-tuning)")
     assert "finetune-layer_drop-alternate-even-k3-sst2-lr0.0001-seed42  <- droplayers-alternate-even-k3" in out
 
 

@@ -64,3 +64,29 @@ def test_a_study_sets_every_method_on_one_axis(tmp_path):
     assert (report / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (report / "report.md").read_text()
     assert "## Every method on one axis" in text and (report / "methods.md").read_text() in text
+    deployment = list(csv.DictReader((report / "deployment.csv").open()))
+    assert [(r["method"], r["setting"]) for r in deployment] == [(r["method"], r["setting"]) for r in rows]
+    measured = json.loads((out / "runs" / "structured-magnitude-h0.50-f0.50" / "result.json").read_text())["deployment"]
+    assert float(deployment[3]["latency_ms"]) == pytest.approx(measured["latency_ms"])
+    assert all(float(r["compressed_bytes"]) > 0 and float(r["latency_ms"]) > 0 and r["noise_floor_ratio"] for r in deployment)
+    dense_bytes = float(deployment[0]["compressed_bytes"])
+    assert float(deployment[1]["compressed_bytes"]) < dense_bytes  # 50% zeros compress; the dense model does not
+    assert float(deployment[3]["compressed_bytes"]) < dense_bytes  # smaller matrices
+    def beats(a, b):  # a higher or equal score at a lower or equal latency, one strictly
+        sa, ma, sb, mb = (float(x) for x in (a["average_score"], a["latency_ms"], b["average_score"], b["latency_ms"]))
+        return sa >= sb and ma <= mb and (sa > sb or ma < mb)
+
+    for r in deployment:  # the front is exactly the rows no other row beats
+        assert (r["pareto"] == "1") == (not any(beats(o, r) for o in deployment if o is not r)), r
+    assert min(deployment, key=lambda r: (float(r["latency_ms"]), -float(r["average_score"])))["pareto"] == "1"
+    assert "## Which model to ship" in text and (report / "deployment.png").stat().st_size > 0
+
+
+def test_pareto_front_keeps_what_nothing_beats():
+    from prunelab.study.results import pareto_front
+
+    def row(score, ms):
+        return {"average": {"score": score}, "deployment": {"latency_ms": ms}}
+
+    rows = [row(80, 100), row(75, 50), row(70, 60), row(85, 200), row(80, 100), {"average": None, "deployment": None}]
+    assert pareto_front(rows) == {0, 1, 3, 4}  # 70 at 60 ms is beaten by 75 at 50 ms; equal rows both stay

@@ -1,9 +1,10 @@
 """prunelab: prune pretrained transformer encoders and measure what pruning does to transfer learning.
 
 The package, by folder: the pruning core at the top (``targets``, ``scores``, ``select``, ``schedules``,
-``pruner``, ``optimizer_state``, ``sparsity``, ``config``, ``masks_io``), artifacts (``artifact``) and the
-atomic writer (``io``); ``integrations`` (the HF Trainer callbacks), ``methods`` (layer dropping, learned masks,
-distillation losses), ``data`` (GLUE, corpora), ``pipelines`` (one training story per command), ``study`` (the
+``pruner``, ``optimizer_state``, ``sparsity``, ``config``, ``masks_io``), artifacts (``artifact``, ``compressed``),
+speed (``execution``: sparse kernels where they pay; ``speed``: honest timing) and the atomic writer (``io``);
+``integrations`` (the HF Trainer callbacks, ONNX export), ``methods`` (layer dropping, structured pruning, learned
+masks, distillation losses), ``data`` (GLUE, corpora), ``pipelines`` (one training story per command), ``study`` (the
 experiment grid), ``analysis`` (what pruning removes) and ``cli``.
 """
 
@@ -19,7 +20,8 @@ from .targets import ARCHITECTURES, KINDS, Target, resolve_targets  # noqa: E402
 
 # Loaded on first use: they import transformers' model and Trainer code (seconds), which the core does not need.
 _LAZY = {"from_pretrained": "artifact", "prune": "artifact", "save_artifact": "artifact",
-         "PruningCallback": "integrations.hf_trainer", "attach": "integrations.hf_trainer"}
+         "PruningCallback": "integrations.hf_trainer", "attach": "integrations.hf_trainer",
+         "sparse_execution": "execution", "prune_units": "methods.structured", "measure_speed": "speed"}
 
 
 def __getattr__(name: str):
@@ -32,6 +34,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "Pruner", "PruningCallback", "PruningConfig", "Target", "attach", "compute_masks",
-    "from_pretrained", "is_update_step", "load_masks", "prune", "resolve_targets", "save_artifact", "save_masks",
-    "sparsity_at", "sparsity_report",
+    "from_pretrained", "is_update_step", "load_masks", "measure_speed", "prune", "prune_units", "resolve_targets",
+    "save_artifact", "save_masks", "sparse_execution", "sparsity_at", "sparsity_report",
 ]

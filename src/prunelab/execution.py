@@ -2,7 +2,7 @@
 
 ``sparse_execution(model, example_inputs)`` runs the model once on `example_inputs` to learn each target linear
 layer's input shape, then times, on that shape, the dense layer against the sparse layouts torch offers for it:
-CSR and BSR (``torch.sparse.mm``, MKL on CPU), and on CUDA 2:4 semi-structured
+CSR, COO and, for block-sparse weights, BSR (``torch.sparse.mm``), and on CUDA 2:4 semi-structured
 (``torch.sparse.to_sparse_semi_structured``) where the mask is 2:4 and the GPU supports it. A layer switches only
 when its best sparse layout beats the dense one by more than the noise floor (two timings of the dense layer
 against each other); otherwise it stays dense, and the report says so. No kernel is written here.
@@ -26,7 +26,7 @@ from .targets import resolve_targets
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "dense", "csr", "bsr")
+MODES = ("auto", "dense", "csr", "coo", "bsr")
 BSR_BLOCK = 32
 MIN_SPARSITY = 0.3  # below this no library kernel has a chance; the layer is not even timed
 NOISE_MARGIN = 0.03  # the least margin a sparse layout must win by, whatever the measured noise
@@ -60,6 +60,8 @@ def sparse_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         if layout == "csr":
             return weight.to_sparse_csr()
+        if layout == "coo":
+            return weight.to_sparse().coalesce()
         if layout == "bsr":
             return weight.to_sparse_bsr((BSR_BLOCK, BSR_BLOCK))
     if layout == "semi_structured":
@@ -68,10 +70,14 @@ def sparse_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def candidate_layouts(weight: torch.Tensor) -> list[str]:
-    """The sparse layouts a library kernel offers for `weight` on its device."""
-    layouts = ["csr"]
-    if weight.shape[0] % BSR_BLOCK == 0 and weight.shape[1] % BSR_BLOCK == 0:
-        layouts.append("bsr")
+    """The sparse layouts a library kernel offers for `weight` on its device: CSR and COO; BSR where at least half
+    of its 32 x 32 blocks are all zero (otherwise its blocks carry the zeros along)."""
+    layouts = ["csr", "coo"]
+    rows, cols = weight.shape
+    if rows % BSR_BLOCK == 0 and cols % BSR_BLOCK == 0:
+        blocks = (weight != 0).reshape(rows // BSR_BLOCK, BSR_BLOCK, cols // BSR_BLOCK, BSR_BLOCK).any(3).any(1)
+        if float(blocks.float().mean()) <= 0.5:
+            layouts.append("bsr")
     if weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and is_two_four(weight != 0):
         major, _ = torch.cuda.get_device_capability(weight.device)
         if major >= 8:
@@ -100,23 +106,27 @@ def _median_seconds(fn, repeats: int, sync: bool) -> list[float]:
 
 
 @torch.no_grad()
-def time_layer(linear: nn.Linear, shape: tuple[int, ...], layouts: list[str], repeats: int = 7) -> dict[str, float]:
+def time_layer(linear: nn.Linear, shape: tuple[int, ...], layouts: list[str], repeats: int = 7,
+               drop_hopeless: bool = True) -> dict[str, float]:
     """Median seconds of `linear` on an input of `shape`: dense (twice: the noise floor) and each of `layouts`,
-    interleaved, after a warm-up."""
+    interleaved, after a warm-up; a layout whose first timing is over twice the dense one is dropped unrepeated."""
     x = torch.randn(shape, device=linear.weight.device, dtype=linear.weight.dtype)
+    sync = linear.weight.is_cuda
+    linear(x)  # warm-up
     variants = {"dense": linear, "dense_again": linear}
+    first = {name: _median_seconds(lambda: linear(x), 1, sync)[0] for name in variants}
     for layout in layouts:
         try:
-            variants[layout] = SparseLinear(linear, layout)
-            variants[layout](x)
+            candidate = SparseLinear(linear, layout)
+            candidate(x)  # its warm-up
         except (RuntimeError, NotImplementedError) as err:  # a layout this build or device does not support
             logger.info("layout %s unavailable for %s: %s", layout, tuple(linear.weight.shape), err)
-            variants.pop(layout, None)
-    sync = linear.weight.is_cuda
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():
-        fn(x)  # warm-up
-    for _ in range(repeats):
+            continue
+        first[layout] = _median_seconds(lambda: candidate(x), 1, sync)[0]
+        if not drop_hopeless or first[layout] <= 2.0 * min(first["dense"], first["dense_again"]):
+            variants[layout] = candidate  # else hopeless: not worth the repeats
+    times: dict[str, list[float]] = {name: [first[name]] for name in variants}
+    for _ in range(repeats - 1):
         for name, fn in variants.items():
             times[name] += _median_seconds(lambda: fn(x), 1, sync)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -128,7 +138,8 @@ def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto",
     Args:
         model: A model whose pruned targets hold zeros (any head class); changed in place.
         example_inputs: The model's forward inputs (e.g. ``input_ids``, ``attention_mask``) at the shapes to serve.
-        mode: ``auto`` (measure, switch only where faster), ``dense`` (report only), or ``csr``/``bsr`` (force).
+        mode: ``auto`` (measure, switch only where faster), ``dense`` (report only), or ``csr``/``coo``/``bsr``
+            (force that layout on every pruned target linear layer).
         repeats: Timings per variant and layer (medians are compared).
 
     Returns:
@@ -170,14 +181,14 @@ def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto",
         elif sparsity < MIN_SPARSITY and mode == "auto":
             row["why"] = f"sparsity below {MIN_SPARSITY:.0%}"
         else:
-            layouts = [mode] if mode in ("csr", "bsr") else candidate_layouts(weight)
-            medians = time_layer(linear, shapes[name], layouts, repeats)
+            layouts = [mode] if mode in ("csr", "coo", "bsr") else candidate_layouts(weight)
+            medians = time_layer(linear, shapes[name], layouts, repeats, drop_hopeless=mode == "auto")
             noise = abs(medians["dense_again"] / medians["dense"] - 1.0)
             sparse = {k: v for k, v in medians.items() if k not in ("dense", "dense_again")}
             best = min(sparse, key=sparse.get) if sparse else None
             row["dense_ms"] = medians["dense"] * 1e3
             wins = best is not None and sparse[best] < medians["dense"] * (1.0 - max(noise, NOISE_MARGIN))
-            if best is not None and (wins or mode in ("csr", "bsr")):
+            if best is not None and (wins or mode != "auto"):
                 row.update(choice=best, chosen_ms=sparse[best] * 1e3, ratio=sparse[best] / medians["dense"],
                            why="forced" if mode != "auto" else f"{best} faster beyond the noise floor ({noise:.1%})")
                 parent_name, _, child = name.rpartition(".")

@@ -1,7 +1,7 @@
 """Forward latency and throughput of models, measured honestly: interleaved in one process, warmed up, medians and
 spread, and an identical copy of the first model timed alongside as the noise floor.
 
-``measure(models, ...)`` loads each model prunelab reads (dense, pruned, compressed, structurally pruned,
+``measure_speed(models, ...)`` loads each model prunelab reads (dense, pruned, compressed, structurally pruned,
 layer-dropped; an ``.onnx`` file runs in onnxruntime), and for each batch size times one forward pass of each model
 per round, in a new random order every round (so drift and order effects hit all alike), after warm-up rounds. On
 CUDA the timing synchronises, ``autocast`` can run it in fp16/bf16, and the peak memory of each model is recorded.
@@ -61,22 +61,33 @@ class _Onnx:
         return self.session.run(None, {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()})
 
 
-def load_for_timing(model: str, device: str, threads: int):
-    """A callable ``(input_ids, attention_mask)`` running `model`, and its vocabulary size (``None`` for ONNX)."""
+def max_length(config) -> int | None:
+    """The longest sequence a model's position embeddings take (``None``: no limit, e.g. XLNet's relative ones);
+    RoBERTa's positions start after its padding index."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None or config.model_type == "xlnet":
+        return None
+    return positions - (config.pad_token_id + 1 if config.model_type == "roberta" else 0)
+
+
+def load_for_timing(model: str, device: str, threads: int, model_class=None):
+    """A callable ``(input_ids, attention_mask)`` running `model` (as `model_class`, by default the class its config
+    names), and its vocabulary size (``None`` for ONNX)."""
     if str(model).endswith(".onnx"):
         if not Path(model).is_file():
             raise FileNotFoundError(f"{model} does not exist")
         return _Onnx(str(model), threads), None
     from .artifact import from_pretrained
 
-    net = from_pretrained(model).model.eval().to(device)
+    net = from_pretrained(model, model_class=model_class).model.eval().to(device)
     return net, int(net.config.vocab_size)
 
 
-def measure(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 128, device: str = "cpu",
+def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 128, device: str = "cpu",
             threads: int | None = None, repeats: int = 20, warmup: int = 3, sparse_execution: str | None = None,
-            autocast: str | None = None, seed: int = 0) -> dict:
-    """Time a forward pass of each of `models` at each batch size (sequences of `seq_len` tokens, full mask).
+            autocast: str | None = None, seed: int = 0, model_class=None) -> dict:
+    """Time a forward pass of each of `models` at each batch size (sequences of `seq_len` tokens, full mask);
+    `model_class` (e.g. ``transformers.AutoModel``: the encoder without its head) overrides the class each loads as.
 
     Returns:
         ``{"device", "threads", "seq_len", "repeats", "models", "execution", "rows"}``; one row per model (the
@@ -90,11 +101,15 @@ def measure(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 128, de
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    loaded = {m: load_for_timing(m, device, threads) for m in models}
+    loaded = {m: load_for_timing(m, device, threads, model_class) for m in models}
     runners = {m: r for m, (r, _) in loaded.items()}
+    for name, runner in runners.items():
+        limit = max_length(runner.config) if isinstance(runner, torch.nn.Module) else None
+        if limit is not None and seq_len > limit:
+            raise ValueError(f"--seq-len {seq_len} exceeds what {name!r} takes ({limit} positions); lower --seq-len")
     first = models[0]
     runners[NOISE_FLOOR] = copy.deepcopy(runners[first]) if isinstance(runners[first], torch.nn.Module) else \
-        load_for_timing(first, device, threads)[0]
+        load_for_timing(first, device, threads, model_class)[0]
     vocab = min([v for _, v in loaded.values() if v] or [100])
     rng = torch.Generator().manual_seed(seed)
     execution = {}

@@ -13,7 +13,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch (and onnxruntime) threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size (medians are reported)")
-    p.add_argument("--sparse-execution", choices=["auto", "csr", "bsr"],
+    p.add_argument("--sparse-execution", choices=["auto", "csr", "coo", "bsr"],
                    help="run pruned linear layers with library sparse kernels: auto = only where measured faster")
     p.add_argument("--autocast", choices=["fp16", "bf16"], help="CUDA mixed precision")
     p.add_argument("--json", help="also write the measurement to this JSON file")
@@ -22,11 +22,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..io import write_json
-    from ..speed import measure, table
+    from ..speed import measure_speed, table
 
     if args.json and not args.json.endswith(".json"):
         raise ValueError(f"--json {args.json!r} must name a .json file")
-    result = measure(args.models, batch_sizes=ints(args.batch_sizes, "--batch-sizes", example="1,8,32") or [],
+    result = measure_speed(args.models, batch_sizes=ints(args.batch_sizes, "--batch-sizes", example="1,8,32") or [],
                      seq_len=args.seq_len, device=args.device, threads=args.threads, repeats=args.repeats,
                      sparse_execution=args.sparse_execution, autocast=args.autocast)
     print(table(result))

@@ -107,6 +107,27 @@ def figure_methods(data: dict, path: Path) -> None:
     _finish(plt, fig, (ax,), path)
 
 
+def figure_deployment(data: dict, path: Path) -> None:
+    """Average dev score vs. encoder latency, one marker style per method, the Pareto front joined."""
+    from .results import pareto_front
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    rows = data["methods"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method and r["deployment"] and r["average"]]
+        ax.plot([r["deployment"]["latency_ms"] for r in mine], [r["average"]["score"] for r in mine], marker="o",
+                linestyle="none", label=method)
+    front = sorted((rows[i]["deployment"]["latency_ms"], rows[i]["average"]["score"]) for i in pareto_front(rows))
+    if front:
+        ax.plot(*zip(*front), color="gray", linestyle="--", label="Pareto front")
+    d = data["spec"].deployment
+    ax.set(title=f"Average {data['metric'].name} vs. CPU latency", ylabel="Average dev score (0-100)",
+           xlabel=f"Encoder forward latency at {d.batch_size} x {d.seq_len} (ms, best execution)")
+    fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
+    _finish(plt, fig, (ax,), path)
+
+
 def _finish(plt, fig, axes, path: Path) -> None:
     """Grid and legend (where anything is labelled) on each of `axes`; lay out, save atomically, close."""
     for ax in axes:

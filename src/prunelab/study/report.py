@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
-from .figures import figure_1, figure_2, figure_layer_drop, figure_methods
+from .figures import figure_1, figure_2, figure_deployment, figure_layer_drop, figure_methods
 from .results import OFFICIAL, PAPER, collect
-from .tables import (MISSING, layer_drop_csv, layer_drop_markdown, methods_csv, methods_markdown, table_csv, table_latex,
-                     table_markdown)
+from .tables import (MISSING, deployment_csv, deployment_markdown, layer_drop_csv, layer_drop_markdown, methods_csv,
+                     methods_markdown, table_csv, table_latex, table_markdown)
 
 # What report.md says a cell is: "the best <this>, and in brackets the loss ...".
 MEASURED = {
@@ -22,7 +22,8 @@ MEASURED = {
 def write_report(root: str | Path, *, paper_metrics: bool = False) -> Path:
     """Write ``<root>/report/``: table1.{md,csv,tex}, figure1.png, figure2.png, with the layer_drop regime
     layer_drop.{md,csv} and layer_drop.png, with layer_drop or structured methods.{md,csv} and methods.png (every
-    method on one axis), and report.md. Returns the folder.
+    method on one axis), where runs measured their models deployment.{md,csv} and deployment.png, and report.md.
+    Returns the folder.
 
     With `paper_metrics` every cell (and the choice of its learning rate) uses the metric Compressing BERT
     reports (``results.paper_metric``) instead of the task's official GLUE score; the files keep their names.
@@ -39,10 +40,14 @@ def write_report(root: str | Path, *, paper_metrics: bool = False) -> Path:
         write_text(out / "layer_drop.md", layer_drop_markdown(data))
         write_text(out / "layer_drop.csv", layer_drop_csv(data))
         figure_layer_drop(data, out / "layer_drop.png")
-    if data["methods"] is not None:
+    if _compares_methods(data):
         write_text(out / "methods.md", methods_markdown(data))
         write_text(out / "methods.csv", methods_csv(data))
         figure_methods(data, out / "methods.png")
+    if _measured(data):
+        write_text(out / "deployment.md", deployment_markdown(data))
+        write_text(out / "deployment.csv", deployment_csv(data))
+        figure_deployment(data, out / "deployment.png")
     write_text(out / "report.md", _report_md(data, slopes))
     return out
 
@@ -75,9 +80,33 @@ def _report_md(data: dict, slopes: dict) -> str:
     lines += [f"- {task.upper()}: {MISSING if s is None else f'{s:.1f} points per nat'}" for task, s in slopes.items()]
     if data["layer_drop"] is not None:
         lines += ["", *_layer_drop_md(data)]
-    if data["methods"] is not None:
+    if _compares_methods(data):
         lines += ["", *_methods_md(data)]
+    if _measured(data):
+        lines += ["", *_deployment_md(data)]
     return "\n".join(lines) + "\n"
+
+
+def _compares_methods(data: dict) -> bool:
+    return bool({"layer_drop", "structured"} & set(data["spec"].regimes))
+
+
+def _measured(data: dict) -> bool:
+    return any(r["deployment"] for r in data["methods"])
+
+
+def _deployment_md(data: dict) -> list[str]:
+    d = data["spec"].deployment
+    return [
+        "## Which model to ship", "",
+        f"For each model a method fine-tunes from: the average dev score, the encoder-layer weights it keeps, its bytes "
+        f"as a compressed artifact (lossless, zstd), and the CPU forward latency of its encoder at batch {d.batch_size} x "
+        f"{d.seq_len} with the best execution `sparse_execution` found (dense unless a library sparse kernel measured "
+        f"faster). Measured by the run that made the model, on the machine that ran it, median of {d.repeats} rounds "
+        "interleaved with an identical copy (its ratio, the noise floor, is in the CSV); runs that shared the machine "
+        "are noisier. ★ marks the Pareto front: no other model has a higher or equal score at a lower or equal latency.",
+        "", "Also as [CSV](deployment.csv).", "", deployment_markdown(data), "![Deployment](deployment.png)",
+    ]
 
 
 def _methods_md(data: dict) -> list[str]:

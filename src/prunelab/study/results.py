@@ -54,8 +54,9 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
         ``{"spec", "tasks", "regimes", "rows": [{"regime", "sparsity", "pretrain_loss", "cells": {task: {"score",
         "train_loss", "lr"} | None}, "average": {...} | None}], "layer_drop": [...] | None, "status", "metric"}``,
         where "regimes" are those varying sparsity (Table 1's) and "layer_drop" the layer-drop table's rows
-        (see ``_layer_drop_rows``), ``None`` when the study has no layer_drop regime; "methods" sets unstructured
-        pruning, layer dropping and structured pruning side by side (``_method_rows``), with either of the last two.
+        (see ``_layer_drop_rows``), ``None`` when the study has no layer_drop regime; "methods" sets the dense
+        model, unstructured pruning, layer dropping and structured pruning side by side (``_method_rows``), with
+        what each model's run measured for deployment.
     """
     root = Path(root)
     spec, _ = open_study(root)
@@ -76,8 +77,7 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
             rows.append({"regime": regime, "sparsity": sparsity, "pretrain_loss": pre["dev_loss_after"] if pre else None,
                          "cells": cells, "average": _average(cells)})
     layer_drop = _layer_drop_rows(results, spec, tasks, metric) if "layer_drop" in spec.regimes else None
-    methods = (_method_rows(results, spec, tasks, metric, rows, layer_drop)
-               if {"layer_drop", "structured"} & set(spec.regimes) else None)
+    methods = _method_rows(results, spec, tasks, metric, rows, layer_drop)
     return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "layer_drop": layer_drop, "methods": methods,
             "status": study_status(root), "metric": metric}
 
@@ -132,37 +132,49 @@ def encoder_weights(model_dir: str | Path) -> tuple[int, int]:
 
 
 def _method_rows(results: dict, spec, tasks: list[str], metric: Metric, rows: list[dict], layer_drop) -> list[dict]:
-    """Every method on one axis: ``{"method", "setting", "kept", "cells", "average"}``, where `kept` is the nonzero
-    encoder-layer weights of the model the method fine-tunes, over the dense pre-trained model's encoder-layer
-    weights (``None`` until that model exists): the dense model, unstructured pruning (the ``pruned`` regime's
-    models: zeros held), layer dropping and structured pruning (smaller matrices)."""
-    def kept(run_id: str) -> float | None:
-        run, dense = results.get(run_id), results.get(pretrain_id(0.0, spec.criterion))
-        if run is None or dense is None or not Path(run["model"], "model.safetensors").is_file():
-            return None
-        return encoder_weights(run["model"])[0] / encoder_weights(dense["model"])[1]
+    """Every method whose fine-tuned model keeps the structure of the model it starts from, on one axis:
+    ``{"method", "setting", "run", "kept", "deployment", "cells", "average"}``. `run` made that starting model;
+    `kept` is its nonzero encoder-layer weights over the dense pre-trained model's (``None`` until it exists);
+    `deployment` what that run measured of it (``[deployment]``), or ``None``. The methods: the dense model,
+    unstructured pruning (the ``pruned`` and ``random`` regimes: zeros held while fine-tuning), layer dropping
+    and structured pruning (smaller matrices)."""
+    dense_run = pretrain_id(0.0, spec.criterion)
+
+    def row(method: str, setting: str, run_id: str, cells: dict, average) -> dict:
+        run, dense = results.get(run_id), results.get(dense_run)
+        kept = None
+        if run is not None and dense is not None and Path(run["model"], "model.safetensors").is_file():
+            kept = encoder_weights(run["model"])[0] / encoder_weights(dense["model"])[1]
+        return {"method": method, "setting": setting, "run": run_id, "kept": kept,
+                "deployment": (run or {}).get("deployment"), "cells": cells, "average": average}
 
     dense_cells = {task: _best_cell(results, variant("dense", 0.0), task, spec, metric) for task in tasks}
-    out = [{"method": "dense", "setting": "", "kept": kept(pretrain_id(0.0, spec.criterion)), "cells": dense_cells,
-            "average": _average(dense_cells)}]
-    for row in rows:
-        if row["regime"] == "pruned" and row["sparsity"] > 0:
-            out.append({"method": "unstructured", "setting": f"{spec.criterion} {row['sparsity']:.0%}",
-                        "kept": kept(pretrain_id(row["sparsity"], spec.criterion)), "cells": row["cells"],
-                        "average": row["average"]})
-    for row in (layer_drop or [])[1:]:
-        out.append({"method": "layer dropping", "setting": f"{row['strategy']} {row['count']}",
-                    "kept": kept(droplayers_id(row["strategy"], row["count"])), "cells": row["cells"],
-                    "average": row["average"]})
+    out = [row("dense", "", dense_run, dense_cells, _average(dense_cells))]
+    for r in rows:
+        if r["regime"] in ("pruned", "random") and r["sparsity"] > 0:
+            criterion = "random" if r["regime"] == "random" else spec.criterion
+            out.append(row("unstructured", f"{criterion} {r['sparsity']:.0%}", pretrain_id(r["sparsity"], criterion),
+                           r["cells"], r["average"]))
+    for r in (layer_drop or [])[1:]:
+        out.append(row("layer dropping", f"{r['strategy']} {r['count']}", droplayers_id(r["strategy"], r["count"]),
+                       r["cells"], r["average"]))
     if "structured" in spec.regimes:
         st = spec.structured
         for heads, ffn in zip(st.heads, st.ffn):
             cells = {task: _best_cell(results, variant("structured", heads=heads, ffn=ffn), task, spec, metric)
                      for task in tasks}
-            out.append({"method": "structured", "setting": f"{st.criterion} heads {heads:.0%} ffn {ffn:.0%}",
-                        "kept": kept(structured_id(st.criterion, heads, ffn)), "cells": cells,
-                        "average": _average(cells)})
+            out.append(row("structured", f"{st.criterion} heads {heads:.0%} ffn {ffn:.0%}",
+                           structured_id(st.criterion, heads, ffn), cells, _average(cells)))
     return out
+
+
+def pareto_front(rows: list[dict]) -> set[int]:
+    """Indices of `rows` (with ``average`` and ``deployment``) that no other row beats: a higher or equal average
+    score at a lower or equal latency, one of them strictly."""
+    points = [(i, r["average"]["score"], r["deployment"]["latency_ms"]) for i, r in enumerate(rows)
+              if r["average"] and r["deployment"]]
+    return {i for i, score, ms in points
+            if not any(s2 >= score and m2 <= ms and (s2 > score or m2 < ms) for _, s2, m2 in points)}
 
 
 def _best_cell(results: dict, variant_name: str, task: str, spec, metric: Metric) -> dict | None:

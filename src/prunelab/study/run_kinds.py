@@ -41,7 +41,37 @@ def run_pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
     )
     m = run_pretrain(cfg, overwrite=True)
     return {"model": str(work / "model"), "dev_loss_before": m["dev_loss_before"], "dev_loss_after": m["dev_loss_after"],
-            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
+            "realized_sparsity": m["sparsity"], "seconds": m["seconds"],
+            "deployment": measure_deployment(spec, work / "model", work)}
+
+
+def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | None:
+    """The model's bytes as a compressed artifact (lossless, zstd) and the CPU forward latency of its encoder (the
+    MLM head, which a deployed classifier does not carry, left out) with the best execution ``sparse_execution``
+    finds, beside an identical copy (``[deployment]``; ``None`` when it is off)."""
+    import shutil
+
+    from ..artifact import load_config
+    from ..compressed import COMPRESSED_FILE, compress
+    from ..speed import NOISE_FLOOR, max_length, measure_speed
+
+    d = spec.deployment
+    if not d.measure:
+        return None
+    compressed = work / "compressed"
+    compress(str(model_dir), compressed, overwrite=True)
+    size = (compressed / COMPRESSED_FILE).stat().st_size
+    shutil.rmtree(compressed)
+    from transformers import AutoModel
+
+    seq_len = min(d.seq_len, max_length(load_config(str(model_dir))[1]) or d.seq_len)  # what the model takes
+    timed = measure_speed([str(model_dir)], batch_sizes=[d.batch_size], seq_len=seq_len, device="cpu",
+                          repeats=d.repeats, warmup=1, sparse_execution="auto", model_class=AutoModel)
+    row, noise = (next(r for r in timed["rows"] if r["model"] == name) for name in (str(model_dir), NOISE_FLOOR))
+    report = timed["execution"][str(model_dir)]
+    return {"compressed_bytes": size, "latency_ms": row["median_ms"], "p10_ms": row["p10_ms"], "p90_ms": row["p90_ms"],
+            "noise_floor_ratio": noise["paired_ratio"], "sparse_layers": sum(r["choice"] != "dense" for r in report),
+            "target_layers": len(report), "batch": [d.batch_size, seq_len], "threads": timed["threads"]}
 
 
 def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
@@ -59,7 +89,8 @@ def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run,
                          f"change [layer_drop] counts or strategies{where}") from None
     keep = ("dropped", "layers_before", "layers_after", "contribution_scores", "params_before", "params_after",
             "seconds_before", "seconds_after", "timing_batch")
-    return {"model": str(work / "model"), **{k: info[k] for k in keep}}
+    return {"model": str(work / "model"), **{k: info[k] for k in keep},
+            "deployment": measure_deployment(spec, work / "model", work)}
 
 
 def run_structured(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
@@ -71,7 +102,8 @@ def run_structured(spec: StudySpec, data_dir: Path | None, root: Path, run: Run,
                             criterion=p["criterion"], scope=p["scope"])
     keep = ("heads_before", "heads_after", "ffn_before", "ffn_after", "encoder_params_before", "encoder_params_after",
             "params_before", "params_after")
-    return {"model": str(work / "model"), **{k: info[k] for k in keep}}
+    return {"model": str(work / "model"), **{k: info[k] for k in keep},
+            "deployment": measure_deployment(spec, work / "model", work)}
 
 
 def _finetune_options(spec: StudySpec, run: Run) -> dict:

@@ -9,6 +9,7 @@
     [finetune]  tasks, lrs, epochs, seeds, batch_size, max_seq_len, max_train_samples, prune_after_epochs, ...
     [layer_drop] strategies, counts                 (the layer_drop regime: Sajjad et al. 2020, "Poor Man's BERT")
     [structured] criterion, scope, heads, ffn       (the structured regime: heads and FFN neurons removed)
+    [deployment] measure, batch_size, seq_len, repeats (what each model run measures for the deployment table)
     [resources] cpus, gpus                          (per run, for the Ray executor)
 """
 
@@ -110,6 +111,20 @@ class StructuredSpec:
 
 
 @dataclass
+class DeploymentSpec:
+    """What every run that makes a model (pre-training, layer dropping, structured pruning) measures of it, on the
+    machine that ran it: its bytes as a compressed artifact, and its CPU forward latency at batch_size x seq_len
+    with the best execution ``sparse_execution`` finds, beside an identical copy (the noise floor)."""
+
+    RANGES: ClassVar[dict] = {"batch_size": (1, None), "seq_len": (1, None), "repeats": (1, None)}
+
+    measure: bool = True
+    batch_size: int = 8
+    seq_len: int = 128
+    repeats: int = 5
+
+
+@dataclass
 class AdaptSpec:
     """The adapt regime (Gao et al. 2021): masks learned over the frozen dense pre-trained model, per sparsity.
 
@@ -164,6 +179,7 @@ class StudySpec:
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     layer_drop: LayerDropSpec = field(default_factory=LayerDropSpec)
     structured: StructuredSpec = field(default_factory=StructuredSpec)
+    deployment: DeploymentSpec = field(default_factory=DeploymentSpec)
     adapt: AdaptSpec = field(default_factory=AdaptSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
     resources: Resources = field(default_factory=Resources)
@@ -235,7 +251,7 @@ class StudySpec:
 
 # An absent section takes its defaults, so a study.json written before a section existed still opens.
 SECTIONS = {"data": DataSpec, "pretrain": PretrainSpec, "finetune": FinetuneSpec, "layer_drop": LayerDropSpec,
-            "structured": StructuredSpec, "adapt": AdaptSpec, "distill": DistillSpec, "resources": Resources}
+            "structured": StructuredSpec, "deployment": DeploymentSpec, "adapt": AdaptSpec, "distill": DistillSpec, "resources": Resources}
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:

@@ -80,6 +80,41 @@ def methods_csv(data: dict) -> str:
                 lambda row: [row["method"], row["setting"], row["kept"]])
 
 
+def deployment_markdown(data: dict) -> str:
+    from .results import pareto_front
+
+    rows, front = data["methods"], pareto_front(data["methods"])
+    dense = rows[0]["deployment"]
+    lines = ["| | Method | Setting | Avg. score | Encoder weights kept | Compressed MB | Latency ms | vs dense |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for i, row in enumerate(rows):
+        d = row["deployment"]
+        score = MISSING if row["average"] is None else f"{row['average']['score']:.1f}"
+        kept = MISSING if row["kept"] is None else f"{row['kept']:.1%}"
+        size = MISSING if d is None else f"{d['compressed_bytes'] / 1e6:.2f}"
+        latency = MISSING if d is None else f"{d['latency_ms']:.1f}"
+        ratio = MISSING if d is None or dense is None else f"{d['latency_ms'] / dense['latency_ms']:.2f}x"
+        lines.append(f"| {'★' if i in front else ''} | {row['method']} | {row['setting'] or 'none'} | {score} | {kept} | "
+                     f"{size} | {latency} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def deployment_csv(data: dict) -> str:
+    from .results import pareto_front
+
+    front = pareto_front(data["methods"])
+    out = io.StringIO()
+    writer = csv.writer(out)
+    keys = ("compressed_bytes", "latency_ms", "p10_ms", "p90_ms", "noise_floor_ratio", "sparse_layers", "target_layers")
+    writer.writerow(["method", "setting", "pareto", "average_score", "encoder_weights_kept", *keys])
+    for i, row in enumerate(data["methods"]):
+        d = row["deployment"] or {}
+        values = [row["method"], row["setting"], int(i in front), (row["average"] or {}).get("score"), row["kept"],
+                  *(d.get(k) for k in keys)]
+        writer.writerow(["" if v is None else v for v in values])
+    return out.getvalue()
+
+
 def _strategy_label(strategy: str) -> str:
     return "Dense (none dropped)" if strategy == "dense" else strategy
 
