@@ -22,7 +22,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .compressed import is_compressed, load_checkpoint, load_masks_of
+from .compressed import COMPRESSED_FILE, DENSE_FILE, is_compressed, load_checkpoint, load_masks_of
 from .config import PruningConfig, versions
 from .io import atomic_directory, read_json, recover_directory, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
@@ -144,8 +144,6 @@ def _load_structured(model: str, path: str, model_class, config, state: dict[str
     as with ``from_pretrained``; a base-model tensor missing or of another shape is an error naming it.
     """
     from safetensors.torch import load_file
-
-    from .compressed import DENSE_FILE
 
     built = model_class(config)
     apply_structure(built, getattr(config, STRUCTURE_KEY))
@@ -352,3 +350,24 @@ def _first_line(err: BaseException) -> str:
     """The message of `err` on one line: its first line, and the next one too when the first ends in a colon."""
     lines = [line.strip() for line in (str(err).strip() or type(err).__name__).splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def model_card(source: str, info: dict) -> str:
+    """The artifact's README.md (the Hub's convention): origin, pruning, sparsity per kind, sizes, how to load."""
+    size = info["compressed"]
+    report = info.get("report", {})
+    rows = [f"| {kind} | {v['sparsity']:.1%} |" for kind, v in report.get("by_kind", {}).items()]
+    overall = report.get("overall", {}).get("sparsity")
+    return "\n".join([
+        "---", "library_name: transformers", "tags: [prunelab, pruned, sparse]", "---", "",
+        f"# Pruned from `{info.get('source', source)}`", "",
+        f"Pruned with prunelab {info.get('versions', {}).get('prunelab', '')}: "
+        + (json.dumps(info["config"], sort_keys=True) if info.get("config") else "its zeros are its masks") + ".", "",
+        f"Overall sparsity of the pruned weights: {overall:.1%}." if overall is not None else "", "",
+        "| kind | sparsity |", "|---|---:|", *rows, "",
+        f"Stored as {COMPRESSED_FILE} (codec {size['codec']}): {size['compressed_bytes']:,} bytes, "
+        f"{size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense {DENSE_FILE} ({size['dense_bytes']:,} bytes).", "",
+        "Load it with prunelab (bit-identical tensors, and the masks):", "", "```python", "import prunelab",
+        "model, tokenizer, masks, info = prunelab.from_pretrained(\"THIS_DIRECTORY\")", "```", "",
+        "or write a plain copy that `transformers.AutoModel.from_pretrained` loads: "
+        "`prunelab decompress THIS_DIRECTORY --out PLAIN`.", ""])

@@ -80,11 +80,6 @@ def sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(_view(tensor)).hexdigest()
 
 
-def _bytes(tensor: torch.Tensor) -> bytes:
-    t = tensor.detach().to("cpu").contiguous()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
 # -- the value transform ----------------------------------------------------------------------------
 
 
@@ -92,7 +87,7 @@ def split_planes(values: torch.Tensor) -> bytes:
     """Floating-point `values` (1-D) as planes: the exponent byte of every value, then the sign and mantissa
     bytes (lowest first). Other dtypes: their bytes as they are."""
     if values.dtype not in FLOATS:
-        return _bytes(values)
+        return bytes(_view(values))
     exp_bits, mant_bits = FLOATS[values.dtype]
     uint, _ = _INTS[values.dtype]
     bits = values.contiguous().view(_INTS[values.dtype][1]).numpy().view(uint).astype(np.uint64)
@@ -296,7 +291,7 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values
     """
     import shutil
 
-    from .artifact import INFO_FILE, check_out_dir, from_pretrained, resolve_model_path
+    from .artifact import INFO_FILE, check_out_dir, from_pretrained, model_card, resolve_model_path
     from .io import atomic_directory, write_json, write_text
     from .targets import resolve_targets
 
@@ -393,24 +388,3 @@ def decompress(source: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
                 shutil.copy2(f, tmp / f.name)
         write_json(tmp / INFO_FILE, info)
     return info
-
-
-def model_card(source: str, info: dict) -> str:
-    """The artifact's README.md (the Hub's convention): origin, pruning, sparsity per kind, sizes, how to load."""
-    size = info["compressed"]
-    report = info.get("report", {})
-    rows = [f"| {kind} | {v['sparsity']:.1%} |" for kind, v in report.get("by_kind", {}).items()]
-    overall = report.get("overall", {}).get("sparsity")
-    return "\n".join([
-        "---", "library_name: transformers", "tags: [prunelab, pruned, sparse]", "---", "",
-        f"# Pruned from `{info.get('source', source)}`", "",
-        f"Pruned with prunelab {info.get('versions', {}).get('prunelab', '')}: "
-        + (json.dumps(info["config"], sort_keys=True) if info.get("config") else "its zeros are its masks") + ".", "",
-        f"Overall sparsity of the pruned weights: {overall:.1%}." if overall is not None else "", "",
-        "| kind | sparsity |", "|---|---:|", *rows, "",
-        f"Stored as {COMPRESSED_FILE} (codec {size['codec']}): {size['compressed_bytes']:,} bytes, "
-        f"{size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense {DENSE_FILE} ({size['dense_bytes']:,} bytes).", "",
-        "Load it with prunelab (bit-identical tensors, and the masks):", "", "```python", "import prunelab",
-        "model, tokenizer, masks, info = prunelab.from_pretrained(\"THIS_DIRECTORY\")", "```", "",
-        "or write a plain copy that `transformers.AutoModel.from_pretrained` loads: "
-        "`prunelab decompress THIS_DIRECTORY --out PLAIN`.", ""])

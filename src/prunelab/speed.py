@@ -6,7 +6,7 @@ layer-dropped; an ``.onnx`` file runs in onnxruntime), and for each batch size t
 per round, in a new random order every round (so drift and order effects hit all alike), after warm-up rounds. On
 CUDA the timing synchronises, ``autocast`` can run it in fp16/bf16, and the peak memory of each model is recorded.
 ``sparse_execution`` (``"auto"``) first gives every PyTorch model the sparse kernels that measure faster
-(``prunelab.execution``); the noise-floor copy gets the same.
+(``prunelab.execution``); the noise-floor copy is made after, so it runs the first model's very choices.
 """
 
 from __future__ import annotations
@@ -108,8 +108,6 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
         if limit is not None and seq_len > limit:
             raise ValueError(f"--seq-len {seq_len} exceeds what {name!r} takes ({limit} positions); lower --seq-len")
     first = models[0]
-    runners[NOISE_FLOOR] = copy.deepcopy(runners[first]) if isinstance(runners[first], torch.nn.Module) else \
-        load_for_timing(first, device, threads, model_class)[0]
     vocab = min([v for _, v in loaded.values() if v] or [100])
     rng = torch.Generator().manual_seed(seed)
     execution = {}
@@ -121,6 +119,9 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
             if isinstance(runner, torch.nn.Module):
                 apply(runner, {"input_ids": example[0], "attention_mask": example[1]}, mode=sparse_execution)
                 execution[name] = runner.prunelab_execution
+    # the noise floor: the first model as it will be timed, its execution choices included
+    runners[NOISE_FLOOR] = copy.deepcopy(runners[first]) if isinstance(runners[first], torch.nn.Module) else \
+        load_for_timing(first, device, threads, model_class)[0]
     rows = []
     order = random.Random(seed)
     for batch in batch_sizes:
