@@ -90,3 +90,20 @@ def test_pareto_front_keeps_what_nothing_beats():
 
     rows = [row(80, 100), row(75, 50), row(70, 60), row(85, 200), row(80, 100), {"average": None, "deployment": None}]
     assert pareto_front(rows) == {0, 1, 3, 4}  # 70 at 60 ms is beaten by 75 at 50 ms; equal rows both stay
+
+
+def test_progress_gives_counts_and_an_eta_by_kind():
+    from prunelab.study.plan import Run
+    from prunelab.study.runner import progress_note
+
+    runs = [Run("p0", "pretrain", {}), Run("p1", "pretrain", {}), Run("f0", "finetune", {}), Run("f1", "finetune", {}),
+            Run("f2", "finetune", {})]
+    states = {"p0": "done", "p1": "pending", "f0": "done", "f1": "pending", "f2": "pending"}
+    assert progress_note(runs, states, {"pretrain": [600.0]}, 1) == \
+        "pretrain 1/2, finetune 1/3; ETA after a run of each kind"
+    # one pre-training run left at 10 min, two fine-tuning runs at 1 min: 12 min, not 5 runs x the mean of all
+    assert progress_note(runs, states, {"pretrain": [600.0], "finetune": [60.0]}, 1) == \
+        "pretrain 1/2, finetune 1/3; ETA 12 min by kind"
+    assert progress_note(runs, states, {"pretrain": [600.0], "finetune": [60.0]}, 2).endswith("ETA 6 min by kind")
+    assert progress_note(runs, dict.fromkeys(states, "done"), {}, 1) == "pretrain 2/2, finetune 3/3"
+    assert progress_note(runs, states, {"pretrain": [30.0], "finetune": [5.0]}, 1).endswith("ETA 40 s by kind")

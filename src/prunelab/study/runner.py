@@ -231,17 +231,24 @@ def run_study(spec: StudySpec, root: str | os.PathLike, *, data_dir: Path | None
             (run_dir(root, run.id) / "error.json").unlink(missing_ok=True)
     bar = _progress(len(runs), progress, sum(status_of(root, r) == "done" for r in runs))
     launcher = EXECUTORS[executor](jobs=jobs, address=address, resources=spec.resources)
+    started_at: dict[str, float] = {}
+    durations: dict[str, list[float]] = {}  # seconds of the runs this process saw start and finish, by kind
     try:
         while True:
             states = {r.id: status_of(root, r) for r in runs}
+            for r in runs:
+                if r.id in started_at and states[r.id] == "done":
+                    durations.setdefault(r.kind, []).append(time.monotonic() - started_at.pop(r.id))
             if bar is not None:
                 bar.n = sum(s == "done" for s in states.values())
+                bar.set_postfix_str(progress_note(runs, states, durations, jobs), refresh=False)
                 bar.refresh()
             ready = [r for r in runs if states[r.id] == "pending" and all(states[d] == "done" for d in r.depends_on)]
             started = []
             for r in ready:
                 if not launcher.has_room():
                     break
+                started_at[r.id] = time.monotonic()
                 if claim(root, r.id) and launcher.start(root, r):
                     started.append(r)
                     if launcher.synchronous:
@@ -277,4 +284,23 @@ def _progress(total: int, enabled: bool, done: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, desc="study runs", unit="run")
+    # no rate-based ETA: runs of different kinds differ several-fold; progress_note gives one by kind
+    return tqdm(total=total, initial=done, desc="study runs", unit="run",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+
+def progress_note(runs: list, states: dict[str, str], durations: dict[str, list[float]], jobs: int) -> str:
+    """Done/total per kind of run, and an ETA: each kind's runs left times the mean time of its runs finished in
+    this process, over `jobs`; none until every kind with runs left has a finished one."""
+    kinds = {}
+    for r in runs:
+        done, total = kinds.get(r.kind, (0, 0))
+        kinds[r.kind] = (done + (states[r.id] == "done"), total + 1)
+    counts = ", ".join(f"{kind} {done}/{total}" for kind, (done, total) in kinds.items())
+    left = {kind: total - done for kind, (done, total) in kinds.items() if total > done}
+    if not left:
+        return counts
+    if any(not durations.get(kind) for kind in left):
+        return f"{counts}; ETA after a run of each kind"
+    seconds = sum(n * sum(durations[kind]) / len(durations[kind]) for kind, n in left.items()) / max(1, jobs)
+    return f"{counts}; ETA {f'{seconds:.0f} s' if seconds < 90 else f'{seconds / 60:.0f} min'} by kind"
