@@ -38,8 +38,9 @@ class PruningConfig:
         include, exclude: Kinds to keep / drop (see ``targets.KINDS``); ``include=None`` keeps all.
         layers: Layer indices to prune; ``None`` prunes all layers.
         structure: ``"N:M"`` (e.g. ``"2:4"``): exactly N kept in every group of M consecutive weights along each
-            target's input dimension; then `sparsity` is 1 - N/M, the schedule ``oneshot`` or ``constant`` and the
-            scope ``matrix``. ``None``: unstructured.
+            target's input dimension; then `sparsity` is 1 - N/M and the scope ``matrix``. The cubic schedule
+            prunes whole weights per group as it goes (4:4, 3:4, 2:4 for 2:4), each step exact. ``None``:
+            unstructured.
     """
 
     sparsity: float = 0.5
@@ -86,9 +87,9 @@ class PruningConfig:
             if abs(self.sparsity - (1 - n / m)) > 1e-9:
                 raise ValueError(f"structure {self.structure} keeps {n} of every {m} weights: sparsity {1 - n / m:g}, "
                                  f"not {self.sparsity:g}; drop the sparsity or set it to {1 - n / m:g}")
-            if self.schedule not in ("oneshot", "constant") or self.scope != "matrix":
-                raise ValueError(f"structure {self.structure} is exact in every group: it needs the oneshot or "
-                                 f"constant schedule and matrix scope (got {self.schedule}, {self.scope})")
+            if self.scope != "matrix":
+                raise ValueError(f"structure {self.structure} is exact in every group of {m}: it needs matrix scope, "
+                                 f"not {self.scope}")
         self.exclude = sorted(parse_kinds(self.exclude, "exclude"))
         if self.include is not None:
             self.include = sorted(parse_kinds(self.include, "include"))

@@ -35,7 +35,7 @@ from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
 from .optimizer_state import SECOND_MOMENT_FILL, holds_zeros, is_tidy, refill_interval, tidy
 from .sparsity import sparsity_report
 from .schedules import is_update_step, sparsity_at
-from .select import compute_masks, nm_masks, num_to_prune
+from .select import compute_masks, nm_masks, num_to_prune, parse_structure
 from .targets import Target, get_parameter, input_axis, resolve_targets
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,10 @@ class Pruner:
         weights = {t.name: self._params[t.name].detach() for t in self.targets}
         previous = None if cfg.regrow or not self.masks else self.masks
         if cfg.structure:  # N:M: exact in every group of M along each target's input dimension
-            masks = nm_masks(weights, cfg.structure, criterion=cfg.criterion, seed=cfg.seed, previous=previous,
+            m = parse_structure(cfg.structure)[1]
+            pruned = round(sparsity * m)  # the schedule's sparsity in whole weights per group (cubic: 4:4, 3:4, 2:4)
+            sparsity = pruned / m
+            masks = nm_masks(weights, f"{m - pruned}:{m}", criterion=cfg.criterion, seed=cfg.seed, previous=previous,
                              input_axes={t.name: input_axis(t) for t in self.targets})
         else:
             masks = compute_masks(weights, sparsity, criterion=cfg.criterion, scope=cfg.scope, seed=cfg.seed,

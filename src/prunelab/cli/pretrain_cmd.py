@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--sparsity", type=float, required=True, help="final fraction of zeros in [0, 1]")
     add_criterion_and_scope(p)
     p.add_argument("--schedule", choices=("cubic", "oneshot"), default="cubic")
-    p.add_argument("--structure", metavar="N:M", help="N:M masks, e.g. 2:4 (with --schedule oneshot and --sparsity 1 - N/M)")
+    p.add_argument("--structure", metavar="N:M", help="N:M masks, e.g. 2:4, with --sparsity 1 - N/M (cubic: whole weights per group as it rises)")
     p.add_argument("--prune-start", type=int, default=0, help="step pruning starts at (default 0)")
     p.add_argument("--prune-end", type=int, help="step the final sparsity is reached (default min(10000, --steps))")
     p.add_argument("--prune-every", type=int, default=10, help="steps between mask updates (default 10)")
