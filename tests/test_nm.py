@@ -117,3 +117,24 @@ def test_finetune_holds_n_m_masks(tmp_path, glue_dir):  # noqa: F811
         assert bool((groups(weight != 0, -1, 4).sum(-1) <= 1).all()), t.name
     info = json.loads((tmp_path / "p" / "prunelab.json").read_text())
     assert info["config"]["structure"] == "1:4"
+
+
+def test_pretrain_prunes_to_n_m_on_the_cubic_schedule(tmp_path):
+    from glue_fixtures import WORDS, write_corpus
+
+    config = CONFIGS["bert"]()
+    config.intermediate_size = 40
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "m")
+    vocab = tmp_path / "m" / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    transformers.BertTokenizerFast(vocab=str(vocab)).save_pretrained(tmp_path / "m")
+    corpus = write_corpus(tmp_path / "corpus.txt", lines=60)
+    assert main(["pretrain", str(tmp_path / "m"), "--corpus", str(corpus), "--steps", "6", "--sparsity", "0.5",
+                 "--structure", "2:4", "--prune-every", "2", "--batch-size", "4", "--max-seq-len", "16",
+                 "--out", str(tmp_path / "pre")]) == 0
+    loaded = prunelab.from_pretrained(tmp_path / "pre" / "model")
+    assert loaded.masks and all(bool((groups(m, -1, 4).sum(-1) == 2).all()) for m in loaded.masks.values())
+    for name, mask in loaded.masks.items():
+        weight = loaded.model.base_model.get_parameter(name).detach()
+        assert bool((weight[~mask] == 0).all()), name
