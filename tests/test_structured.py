@@ -185,6 +185,8 @@ def test_per_head_analyses_split_each_layer_by_its_own_head_count():
     (["--heads", "0.5", "--criterion", "importance"], "needs task data: give --task"),
     (["--criterion", "from-masks", "--threshold", "0.5"], "needs a pruned artifact with masks"),
     (["--criterion", "from-masks"], "needs --threshold"),
+    (["--criterion", "from-masks", "--threshold", "0.5", "--heads", "0.5"], "--heads and --ffn do not apply"),
+    (["--heads", "0.5", "--threshold", "0.5"], "--threshold applies to --criterion from-masks only"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, says):
     source = save_tiny(tmp_path / "src")

@@ -51,6 +51,11 @@ def prune_structured(model: str, out: str, *, heads: float = 0.0, ffn: float = 0
         raise ValueError("--criterion importance needs task data: give --task (and --data-dir)")
     if criterion == "from-masks" and threshold is None:
         raise ValueError("--criterion from-masks needs --threshold F: a unit whose weights are pruned to at least F goes")
+    if criterion == "from-masks" and (heads or ffn):
+        raise ValueError("--heads and --ffn do not apply to --criterion from-masks, which removes every unit pruned "
+                         "to at least --threshold; drop them")
+    if criterion != "from-masks" and threshold is not None:
+        raise ValueError(f"--threshold applies to --criterion from-masks only, not {criterion}; drop it")
     if threshold is not None:
         check_number("--threshold", threshold, low=0.0, high=1.0)
     check_number("--samples", samples, low=1, integer=True)
