@@ -11,6 +11,7 @@ CUDA the timing synchronises, ``autocast`` can run it in fp16/bf16, and the peak
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import statistics
@@ -160,7 +161,7 @@ def _time_once(runner, ids, mask, device: str, autocast: str | None) -> tuple[fl
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    context = torch.autocast("cuda", dtype=AUTOCAST[autocast]) if autocast else _Null()
+    context = torch.autocast("cuda", dtype=AUTOCAST[autocast]) if autocast else contextlib.nullcontext()
     start = time.perf_counter()
     with context:
         if isinstance(runner, torch.nn.Module):
@@ -171,14 +172,6 @@ def _time_once(runner, ids, mask, device: str, autocast: str | None) -> tuple[fl
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return seconds, float(torch.cuda.max_memory_allocated()) if cuda else 0.0
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def table(result: dict) -> str:

@@ -11,21 +11,21 @@ from ..targets import architecture, base_model
 from .common import check_number
 
 
-def importance_batches(model: str, task: str, data_dir: str | None, *, samples: int, batch_size: int,
+def importance_batches(model: str, tokenizer, task: str, data_dir: str | None, *, samples: int, batch_size: int,
                        max_seq_len: int, seed: int):
-    """The classifier of `model` for `task` and `samples` training examples of it in batches (for ``importance``)."""
+    """The classifier of `model` for `task` and `samples` training examples of it in batches, tokenized by
+    `tokenizer` (for ``importance``)."""
     from transformers import DataCollatorWithPadding
 
     from ..data.glue import get_task, load_task
     from .grid import encode, load_classifier, subsample
 
     spec = get_task(task)
-    loaded = from_pretrained(model)
-    if loaded.tokenizer is None:
+    if tokenizer is None:
         raise ValueError(f"the importance criterion tokenizes task data and {model!r} has no tokenizer")
     rows = subsample(load_task(spec, data_dir)["train"], samples, seed)
-    data = encode(rows, loaded.tokenizer, max_seq_len, spec.is_regression)
-    collate = DataCollatorWithPadding(loaded.tokenizer)
+    data = encode(rows, tokenizer, max_seq_len, spec.is_regression)
+    collate = DataCollatorWithPadding(tokenizer)
     batches = [collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
                for start in range(0, len(data), batch_size)]
     return load_classifier(model, spec, seed), batches
@@ -67,8 +67,8 @@ def prune_structured(model: str, out: str, *, heads: float = 0.0, ffn: float = 0
         raise ValueError(f"--criterion from-masks needs a pruned artifact with masks; {model!r} has none")
     batches, scored = None, net
     if criterion == "importance":
-        scored, batches = importance_batches(model, task, data_dir, samples=samples, batch_size=batch_size,
-                                             max_seq_len=max_seq_len, seed=seed)
+        scored, batches = importance_batches(model, loaded.tokenizer, task, data_dir, samples=samples,
+                                             batch_size=batch_size, max_seq_len=max_seq_len, seed=seed)
     before = _sizes(net)
     counts = unit_counts(net)
     settings = dict(heads=heads, ffn=ffn, criterion=criterion, scope=scope, seed=seed, threshold=threshold,
