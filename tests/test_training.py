@@ -274,3 +274,47 @@ def test_finetune_loss_is_divided_by_gradient_accumulation_once(tmp_path, glue_d
         history = json.loads((out / "lr-1e-09" / "log_history.json").read_text())["log_history"]
         logged[accum] = [h["loss"] for h in history if "loss" in h][0]
     assert logged[1] == pytest.approx(math.log(2), abs=0.1) and logged[4] == pytest.approx(math.log(2), abs=0.1)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert", "xlnet"])
+def test_masked_token_loss_equals_the_models_own_loss_and_gradients(model_type):
+    """Pre-training computes logits at the masked positions only; the loss and every gradient are the model's own."""
+    from conftest import batch, tiny_model
+    from transformers import TrainingArguments
+
+    from prunelab.pipelines.pretrain import MaskedTokensTrainer
+
+    model = tiny_model(model_type, "mlm")
+    inputs = batch(model_type, size=3, length=10, seed=1)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, 2::4] = inputs["input_ids"][:, 2::4]
+    trainer = MaskedTokensTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to=[]))
+    reference = model(**inputs, labels=labels).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss, outputs = trainer.compute_loss(model, {**inputs, "labels": labels}, return_outputs=True)
+    loss.backward()
+    assert outputs.logits.shape == (int((labels != -100).sum()), model.config.vocab_size)  # masked positions only
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+    assert not model.get_output_embeddings()._forward_pre_hooks  # the hook is gone after the forward
+    total = trainer.compute_loss(model, {**inputs, "labels": labels}, num_items_in_batch=2 * int((labels != -100).sum()))
+    assert total.item() == pytest.approx(reference.item() / 2, rel=1e-5) and trainer.loss_is_scaled_for_ga
+
+
+def test_training_batches_are_grouped_by_length_unless_asked_not_to(tmp_path, glue_dir):  # noqa: F811
+    from prunelab.pipelines.grid import GlueOptions, by_length
+
+    cfg = dict(model="m", out="o", task="SST-2")
+    assert GlueOptions(**cfg).trainer_kwargs()["train_sampling_strategy"] == "group_by_length"
+    assert GlueOptions(**cfg, group_by_length=False).trainer_kwargs()["train_sampling_strategy"] == "random"
+    rows = [{"input_ids": [0] * n, "labels": n} for n in (5, 2, 9, 2)]
+    from prunelab.pipelines.common import ListDataset
+
+    assert [r["labels"] for r in by_length(ListDataset(rows))] == [2, 2, 5, 9]
+    out = tmp_path / "ft"  # the CLI flag reaches the run's options
+    assert main(["finetune", str(save_tiny(tmp_path / "m")), "--task", "SST-2", "--data-dir", str(glue_dir), "--lr", "1e-3",
+                 "--epochs", "1", "--batch-size", "4", "--max-seq-len", "16", "--no-group-by-length", "--out", str(out)]) == 0
+    assert json.loads((out / "run_config.json").read_text())["config"]["group_by_length"] is False

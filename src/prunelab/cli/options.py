@@ -53,12 +53,16 @@ def add_glue_options(p, *, lrs: str, lr_help: str = "comma-separated learning ra
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-train-samples", type=int, help="subsample the training set to N examples (seeded)")
     p.add_argument("--save-model", action="store_true", help=save_help)
+    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                   help="batches in plain random order (default: batches of similar length, as the Trainer's "
+                        "group_by_length sampler, which pads far less)")
     add_trainer_options(p)
 
 
 def glue_options(args) -> dict:
     return dict(task=args.task, data_dir=args.data_dir, lrs=floats(args.lr, "--lr"), epochs=args.epochs,
-                max_train_samples=args.max_train_samples, save_model=args.save_model, **trainer_options(args))
+                max_train_samples=args.max_train_samples, save_model=args.save_model, group_by_length=args.group_by_length,
+                **trainer_options(args))
 
 
 def glue_summary(metrics: dict, what: str) -> str:

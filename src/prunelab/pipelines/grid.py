@@ -43,6 +43,9 @@ class GlueOptions(RunOptions):
         max_train_samples: Subsample the training set to this many examples (seeded).
         save_model: Keep the best learning rate's model in ``<out>/model``.
         warmup_ratio: Fraction of the steps the learning rate warms up over.
+        group_by_length: Train on batches of similar length (the Trainer's ``group_by_length`` sampler: random
+            batches, each drawn from a run of examples sorted by length), which pads far less than plain random
+            batches (SST-2: 13 tokens a batch instead of 35).
     """
 
     task: str
@@ -52,6 +55,7 @@ class GlueOptions(RunOptions):
     max_train_samples: int | None = None
     save_model: bool = False
     warmup_ratio: float = 0.1
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,6 +68,10 @@ class GlueOptions(RunOptions):
         if self.max_train_samples is not None:
             check_number("--max-train-samples", self.max_train_samples, low=1, integer=True)
         check_number("--warmup-ratio", self.warmup_ratio, low=0, high=1, high_open=True)
+
+    def trainer_kwargs(self) -> dict:
+        return {**super().trainer_kwargs(),
+                "train_sampling_strategy": "group_by_length" if self.group_by_length else "random"}
 
 
 class RunOutcome(NamedTuple):
@@ -194,7 +202,13 @@ def evaluate_all(trainer: Trainer, task: Task, data: dict) -> dict:
     """``{"dev": {split: metrics}, "dev_score": mean score over dev splits, "train_loss_full": loss on all of train}``."""
     dev = {}
     for split in task.dev_splits:
-        figures = trainer.evaluate(data[split], metric_key_prefix=split)
+        figures = trainer.evaluate(by_length(data[split]), metric_key_prefix=split)
         dev[split] = {k[len(split) + 1:]: v for k, v in figures.items() if k[len(split) + 1:] in (*task.metrics, "accuracy", "score", "loss")}
     return {"dev": dev, "dev_score": float(np.mean([d["score"] for d in dev.values()])),
-            "train_loss_full": trainer.evaluate(data["train"], metric_key_prefix="train")["train_loss"]}
+            "train_loss_full": trainer.evaluate(by_length(data["train"]), metric_key_prefix="train")["train_loss"]}
+
+
+def by_length(dataset: ListDataset) -> ListDataset:
+    """`dataset` sorted by length, so evaluation batches pad little; predictions and labels keep the same order,
+    so every metric is unchanged."""
+    return ListDataset(sorted(dataset, key=lambda example: len(example["input_ids"])))

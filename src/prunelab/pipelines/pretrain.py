@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
 from ..artifact import load_config, load_model, load_tokenizer, save_artifact
@@ -113,6 +114,30 @@ def _collate(dynamic: DataCollatorForLanguageModeling):
     return collate
 
 
+class MaskedTokensTrainer(Trainer):
+    """A Trainer whose MLM loss takes the logits of the masked tokens only.
+
+    The output projection (vocabulary x hidden: for MiniLM as costly as its six layers together) then runs on the
+    ~15% of positions that have labels instead of on all of them; a forward pre-hook on the model's output
+    embeddings selects them. The loss is the cross-entropy over those tokens that the model itself computes
+    (summed over ``num_items_in_batch`` when the Trainer counts them, so gradient accumulation weighs tokens alike).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        chosen = labels != -100
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _, args: (args[0][chosen], *args[1:]))
+        try:
+            outputs = model(**inputs)
+        finally:
+            hook.remove()
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels[chosen], reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else chosen.sum().clamp(min=1))
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        return (loss, outputs) if return_outputs else loss
+
+
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run `cfg` and return what ``<out>/metrics.json`` holds (a finished run resumed is not run again)."""
     for path in [*cfg.corpus, *cfg.dev_file]:  # checked, like the model, before the run directory exists
@@ -164,8 +189,9 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
 
     # 4. dense dev loss
     args = training_arguments(checkpoints, learning_rate=cfg.lr, max_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-                              weight_decay=cfg.weight_decay, save_strategy="steps", save_steps=cfg.save_steps, **common)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=collate)
+                              weight_decay=cfg.weight_decay, save_strategy="steps", save_steps=cfg.save_steps,
+                              prediction_loss_only=True, **common)
+    trainer = MaskedTokensTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=collate)
     if not cfg.progress:
         quiet(trainer)
     before_path = out / "dev_loss_before.json"  # measured once; a resumed run reads it back
@@ -204,7 +230,7 @@ def _warm_up_head(model, train, collate, out: Path, cfg: PretrainConfig, common:
         p.requires_grad_(False)
     try:
         args = training_arguments(out, learning_rate=cfg.lr * 10, max_steps=cfg.head_warmup_steps, save_strategy="no", **common)
-        trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate)
+        trainer = MaskedTokensTrainer(model=model, args=args, train_dataset=train, data_collator=collate)
         result = (trainer if cfg.progress else quiet(trainer)).train()
     finally:
         for p in frozen:
