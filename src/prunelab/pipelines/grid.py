@@ -110,7 +110,8 @@ def run_grid(cfg: GlueOptions, run_one: RunOne, summary: Callable[[dict], dict],
             _keep_only_best_model(out, runs, best)
         metrics = {"task": task.name, **summary(best), "best_lr": best["lr"], "dev": best["dev"],
                    "dev_score": best["dev_score"], "train_loss_full": best["train_loss_full"], "sparsity": best["sparsity"],
-                   "runs": runs, "train_examples": len(data["train"]), "seconds": time.time() - started,
+                   "runs": runs, "train_examples": len(data["train"]),
+                   "dev_examples": {split: len(data[split]) for split in task.dev_splits}, "seconds": time.time() - started,
                    "versions": versions()}
         write_json_once(out / METRICS_FILE, metrics)
         return metrics

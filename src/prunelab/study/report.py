@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
+from .findings import budget, findings
 from .figures import figure_1, figure_2, figure_deployment, figure_layer_drop, figure_methods
 from .results import OFFICIAL, PAPER, collect
 from .tables import (MISSING, deployment_csv, deployment_markdown, layer_drop_csv, layer_drop_markdown, methods_csv,
@@ -72,7 +73,9 @@ def _report_md(data: dict, slopes: dict) -> str:
         "## What was measured", "",
         f"- Each cell: the best {MEASURED[data['metric'].key]}, and in brackets the "
         "loss over the whole training set after fine-tuning. Pre-train loss: MLM dev loss of the starting model after pruning.",
+        "", "## Budget: what this study can and cannot show", "", *budget(data),
         "", "## Table 1", "", "Also as [CSV](table1.csv) and [LaTeX](table1.tex).", "", table_markdown(data),
+        *_findings_md(data),
         "## Figure 1: average dev score and training loss vs. sparsity", "", "![Figure 1](figure1.png)", "",
         "## Figure 2: how much is a bit of BERT worth to each task", "", "![Figure 2](figure2.png)", "",
         "Least-squares slope of dev score against pre-training loss (information deletion):", "",
@@ -85,6 +88,15 @@ def _report_md(data: dict, slopes: dict) -> str:
     if _measured(data):
         lines += ["", *_deployment_md(data)]
     return "\n".join(lines) + "\n"
+
+
+def _findings_md(data: dict) -> list[str]:
+    checked = findings(data)
+    if not checked:
+        return []
+    lines = ["## The paper's findings, checked on this table", "",
+             f"Average dev score over the tasks; {sum(f.holds for f in checked)} of {len(checked)} hold.", ""]
+    return lines + [f"- {'holds' if f.holds else 'DOES NOT HOLD'}: {f.claim}. {f.detail}." for f in checked] + [""]
 
 
 def _compares_methods(data: dict) -> bool:

@@ -78,8 +78,9 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
                          "cells": cells, "average": _average(cells)})
     layer_drop = _layer_drop_rows(results, spec, tasks, metric) if "layer_drop" in spec.regimes else None
     methods = _method_rows(results, spec, tasks, metric, rows, layer_drop)
+    dev_examples = {r["task"]: sum(r["dev_examples"].values()) for r in results.values() if r.get("dev_examples")}
     return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "layer_drop": layer_drop, "methods": methods,
-            "status": study_status(root), "metric": metric}
+            "status": study_status(root), "metric": metric, "dev_examples": dev_examples}
 
 
 def _average(cells: dict) -> dict | None:

@@ -125,7 +125,7 @@ def run_finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
                          scope=spec.scope, **options)
     m = run_finetune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
-            "realized_sparsity": m["sparsity"], "seconds": m["seconds"]}
+            "realized_sparsity": m["sparsity"], "seconds": m["seconds"], "dev_examples": m["dev_examples"]}
 
 
 def _glue_run(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
