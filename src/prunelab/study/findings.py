@@ -45,7 +45,8 @@ def _pct(s: float) -> str:
 def findings(data: dict) -> list[Finding]:
     """The paper's claims this table can test, each checked against it."""
     out = []
-    pruned, dense = _scores(data, "pruned"), _scores(data, "pruned").get(0.0)
+    pruned = _scores(data, "pruned")
+    dense = pruned.get(0.0)
     if dense is None:
         return out
     nonzero = sorted(s for s in pruned if s > 0)
@@ -57,7 +58,7 @@ def findings(data: dict) -> list[Finding]:
                            "; ".join(f"{_pct(s)}: {pruned[s]:.1f} vs dense {dense:.1f}" for s in low)))
     high = [s for s in nonzero if s >= MEDIUM]
     losses = _losses(data, "pruned")
-    if high and all(s in losses for s in [0.0, *nonzero]):
+    if nonzero and all(s in losses for s in [0.0, *nonzero]):
         rising = all(losses[a] < losses[b] for a, b in zip([0.0, *nonzero], nonzero))
         out.append(Finding("Pre-training loss rises with every step of sparsity", rising,
                            ", ".join(f"{_pct(s)}: {losses[s]:.2f}" for s in [0.0, *nonzero])))
