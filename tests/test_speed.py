@@ -94,3 +94,24 @@ def test_bad_speed_input_is_one_line(tmp_path, capsys, argv, says):
 def test_a_missing_onnx_file_is_one_line(tmp_path, capsys):
     assert main(["speed", str(tmp_path / "nothing.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["csr", "bsr", "coo"])
+def test_a_model_with_sparse_layers_copies_for_the_noise_floor(tmp_path, mode):
+    """The noise floor is a deep copy of the first model after its sparse execution; CSR and BSR tensors cannot be
+    deep-copied as tensors, so a model that chose them must still copy, with its own equal weights."""
+    import copy
+
+    model = pruned_tiny(head="base")
+    inputs = batch("bert")
+    sparse_execution(model, inputs, mode=mode, repeats=1)
+    twin = copy.deepcopy(model)
+    layers = [(a, b) for a, b in zip(model.modules(), twin.modules()) if isinstance(a, SparseLinear)]
+    assert layers and all(a.weight is not b.weight and a.bias is not b.bias for a, b in layers)
+    assert all(torch.equal(a.weight.to_dense(), b.weight.to_dense()) for a, b in layers)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).last_hidden_state, twin(**inputs).last_hidden_state)
+    save_artifact(pruned_tiny(head="base"), None, None, {}, tmp_path / "pruned")
+    result = measure_speed([str(tmp_path / "pruned")], batch_sizes=[2], seq_len=8, repeats=2, warmup=1,
+                           sparse_execution=mode)
+    assert [r["model"] for r in result["rows"]] == [str(tmp_path / "pruned"), NOISE_FLOOR]

@@ -14,6 +14,7 @@ save it before, not after.
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -53,6 +54,15 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}"
+
+    def __deepcopy__(self, memo: dict) -> SparseLinear:
+        """A copy with its own weight: ``copy.deepcopy`` cannot copy CSR or BSR tensors (it reaches for their
+        storage), ``clone`` can. The noise-floor copy of ``prunelab speed`` is one."""
+        copied = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "weight"}, memo))
+        copied.__dict__["weight"] = self.weight.clone()
+        return copied
 
 
 def sparse_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
