@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import shutil
 import warnings
 
@@ -223,6 +224,53 @@ def torchrun(*argv) -> "subprocess.CompletedProcess":
                              "-m", "prunelab", *map(str, argv)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
+
+
+RANK_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+if os.environ["RANK"] == "1" and sys.argv[3] == "late":  # this rank starts late: 1.5 s after the main process has
+    config = Path(sys.argv[1]) / "run_config.json"       # prepared the directory, or (if it waits for this rank) 8 s
+    for _ in range(80):
+        if config.is_file():
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+from prunelab.pipelines.common import RunOptions, prepare_run_dir
+try:
+    out, finished = prepare_run_dir(RunOptions(model="m", out=sys.argv[1]), overwrite=False, resume=sys.argv[2] == "resume")
+    print("ok", finished)
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_ranks_follow_the_main_process_however_late_they_start(tmp_path):
+    """Two ranks launched as torchrun launches them (RANK, WORLD_SIZE, MASTER_ADDR/PORT). A rank that starts seconds
+    after the main process prepared the run directory still follows it (it once waited for a newer file until it
+    timed out: the hang of a loaded CI machine); it gets the main process's resumed metrics, and its error."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+
+    def launch(mode, start):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), mode, start],
+                                  env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, text=True) for r in (0, 1)]
+        return [r.communicate(timeout=120)[0].strip().splitlines()[-1] for r in ranks]
+
+    assert launch("fresh", "late") == ["ok None", "ok None"]
+    assert (tmp_path / "run" / "run_config.json").is_file()
+    refused = launch("fresh", "together")  # not empty, no --resume: the main process refuses, and the other rank with it
+    assert refused[0] == refused[1] and refused[0].startswith("FileExistsError output directory") and "--resume" in refused[0]
+    (tmp_path / "run" / "metrics.json").write_text('{"dev_score": 0.5}')
+    assert launch("resume", "together") == ["ok {'dev_score': 0.5}"] * 2  # the finished run's metrics, read by the main process
 
 
 def test_torchrun_data_parallel_run_splits_the_data_and_writes_once(tmp_path, glue_dir):  # noqa: F811

@@ -13,9 +13,9 @@ import logging
 import math
 import os
 import shutil
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -27,7 +27,6 @@ from ..config import versions
 from ..io import read_json, write_json
 
 logger = logging.getLogger(__name__)
-_LAUNCHED = time.time()  # when this process imported the pipelines: every rank of a launch starts together
 
 CONFIG_FILE = "run_config.json"
 METRICS_FILE = "metrics.json"
@@ -204,17 +203,18 @@ def prepare_run_dir(options, *, overwrite: bool, resume: bool) -> tuple[Path, di
     been checked, so a refused run writes nothing.
 
     An existing non-empty directory needs `resume` or `overwrite`. With `resume`, the recorded fingerprint must
-    equal this run's (else ``ValueError`` naming the keys that differ).
+    equal this run's (else ``ValueError`` naming the keys that differ). In a data-parallel launch the main process
+    checks and writes, and the other ranks wait for it (``main_process_first``).
 
     Returns:
         The directory, and the metrics of a finished run being resumed (``None`` otherwise): the caller
         returns them instead of running again.
     """
     out = Path(options.out)
-    if not is_main_process():  # the main process checks and writes; the others wait for it, then follow
-        _wait_for_main(out / CONFIG_FILE)
-        done = resume and (out / METRICS_FILE).is_file()
-        return out, read_json(out / METRICS_FILE, "metrics file") if done else None
+    return out, main_process_first(lambda: _prepare(out, options, overwrite=overwrite, resume=resume))
+
+
+def _prepare(out: Path, options, *, overwrite: bool, resume: bool) -> dict | None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {out} exists and is not a directory; choose another --out")
     finished = None
@@ -231,17 +231,32 @@ def prepare_run_dir(options, *, overwrite: bool, resume: bool) -> tuple[Path, di
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, {"config": dataclasses.asdict(options), "fingerprint": fingerprint(options),
                                     "versions": versions()})
-    return out, finished
+    return finished
 
 
-def _wait_for_main(config_file: Path, timeout: float = 600.0) -> None:
-    """On a non-main rank: wait until the main process has checked and (re)created the run directory, i.e. has
-    written `config_file` since this launch began, so that no rank reads what an ``--overwrite`` is deleting."""
-    deadline = time.time() + timeout
-    while not (config_file.is_file() and config_file.stat().st_mtime >= _LAUNCHED - 1.0):
-        if time.time() > deadline:
-            raise TimeoutError(f"the main process did not prepare {config_file.parent} within {timeout:.0f} s; see its error")
-        time.sleep(0.2)
+def main_process_first(work):
+    """``work()`` on the main process; in a data-parallel launch the other ranks wait for it, then return its result
+    or raise its error, so that no rank reads what the main process is still checking, writing or deleting.
+
+    The ranks meet in the launch's process group (created here if the Trainer has not created it yet), so the wait
+    belongs to this launch: no clock or file age decides it. The result must pickle."""
+    if world_size() == 1:
+        return work()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # the launcher's env:// rendezvous, which the Trainer's accelerate state then uses
+        dist.init_process_group(timeout=timedelta(minutes=30))  # the Trainer's default ddp_timeout
+    box = [None]
+    if is_main_process():
+        try:
+            box[0] = (True, work())
+        except Exception as error:  # every rank stops with the main process's error
+            box[0] = (False, error)
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    done, value = box[0]
+    if not done:
+        raise value
+    return value
 
 
 def _check_same_run(out: Path, options) -> None:
