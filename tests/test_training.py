@@ -212,15 +212,12 @@ def test_pretrain_cli_errors(tmp_path, capsys):
 
 
 def torchrun(*argv) -> "subprocess.CompletedProcess":
-    """``python -m torch.distributed.run --nproc-per-node 2 -m prunelab ARGV`` on a free port (CPU, gloo)."""
-    import socket
+    """``python -m torch.distributed.run --standalone --nproc-per-node 2 -m prunelab ARGV`` (CPU, gloo): standalone
+    binds a free port itself, so no other process (e.g. a Ray instance) can take it between choosing and binding."""
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a free port: the default 29500 may be taken (e.g. by a Ray instance)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "-m", "prunelab", *map(str, argv)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
