@@ -211,3 +211,23 @@ def test_bad_study_inputs(tmp_path, capsys, reference):
     assert "is not a study directory" in capsys.readouterr().err
     assert main(["study", "run", str(spec), "--out", str(tmp_path / "x"), "--executor", "local", "--jobs", "0"]) == 2
     assert "--jobs 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_a_study_made_with_other_versions_is_not_resumed(tmp_path):
+    """Its finished runs would sit in one table beside runs computed by another torch, transformers or prunelab."""
+    from prunelab.study.runner import init_study_dir
+
+    spec_path = make_study(tmp_path)
+    spec = load_spec(spec_path)
+    root = init_study_dir(spec, tmp_path / "out", None)
+    record = json.loads((root / "study.json").read_text())
+    assert record["versions"]["torch"] and init_study_dir(spec, root, None) == root  # same versions: reopened
+    record["versions"]["transformers"] = "4.0.0"
+    (root / "study.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError) as err:
+        init_study_dir(spec, root, None)
+    assert "run with prunelab 0.1.0, torch" in str(err.value) and "transformers 4.0.0, not" in str(err.value)
+    assert "resume it with those versions" in str(err.value) and not list((root / "runs").iterdir())  # nothing run
+    del record["versions"]  # a study.json of an older prunelab records none: it reopens as before
+    (root / "study.json").write_text(json.dumps(record))
+    assert init_study_dir(spec, root, None) == root

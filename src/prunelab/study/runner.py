@@ -22,7 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..config import from_dict
+from ..config import from_dict, versions
 from ..io import dumps, pid_alive, read_json, remove_dead_temporaries, step, write_json, write_text
 from .executors import EXECUTORS
 from .plan import Run, expand
@@ -41,7 +41,7 @@ def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | No
     """Create or reopen `root` for `spec`; a directory holding another spec, or the same spec on other data, is an
     error. ``study.json`` is written before ``runs/``, so a study killed in between reopens."""
     root = Path(root)
-    record = {"spec": spec_dict(spec), "data_dir": str(data_dir) if data_dir else None}
+    record = {"spec": spec_dict(spec), "data_dir": str(data_dir) if data_dir else None, "versions": versions()}
     path = root / STUDY_FILE
     if path.is_file():
         existing, recorded_data = open_study(root)  # read as today's spec: a section added since then takes its defaults
@@ -51,6 +51,10 @@ def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | No
             how = f"pass --data {recorded_data}" if recorded_data else "unset PRUNELAB_DATA and pass no --data"
             raise ValueError(f"{root} holds study {existing.name!r} run on data {recorded_data or 'from the hub'}, not "
                              f"{data_dir or 'from the hub'}; {how} to resume it, or use another --out")
+        made_with = read_json(path, "study record").get("versions")  # absent in a study.json of an older prunelab
+        if made_with is not None and made_with != record["versions"]:  # its table would mix runs computed differently
+            raise ValueError(f"{root} holds study {existing.name!r} run with {_listed(made_with)}, not {_listed(record['versions'])}; "
+                             "resume it with those versions, or use another --out")
         (root / "runs").mkdir(exist_ok=True)
         return root
     if root.exists() and not root.is_dir():
@@ -61,6 +65,10 @@ def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | No
     write_json(path, record)
     (root / "runs").mkdir(exist_ok=True)
     return root
+
+
+def _listed(versions: dict) -> str:
+    return ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
 
 
 def open_study(root: str | os.PathLike) -> tuple[StudySpec, Path | None]:
