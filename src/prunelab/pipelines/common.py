@@ -204,14 +204,14 @@ def prepare_run_dir(options, *, overwrite: bool, resume: bool) -> tuple[Path, di
 
     An existing non-empty directory needs `resume` or `overwrite`. With `resume`, the recorded fingerprint must
     equal this run's (else ``ValueError`` naming the keys that differ). In a data-parallel launch the main process
-    checks and writes, and the other ranks wait for it (``main_process_first``).
+    checks and writes, and the other ranks wait for it (``on_main_process``).
 
     Returns:
         The directory, and the metrics of a finished run being resumed (``None`` otherwise): the caller
         returns them instead of running again.
     """
     out = Path(options.out)
-    return out, main_process_first(lambda: _prepare(out, options, overwrite=overwrite, resume=resume))
+    return out, on_main_process(lambda: _prepare(out, options, overwrite=overwrite, resume=resume))
 
 
 def _prepare(out: Path, options, *, overwrite: bool, resume: bool) -> dict | None:
@@ -234,7 +234,7 @@ def _prepare(out: Path, options, *, overwrite: bool, resume: bool) -> dict | Non
     return finished
 
 
-def main_process_first(work):
+def on_main_process(work):
     """``work()`` on the main process; in a data-parallel launch the other ranks wait for it, then return its result
     or raise its error, so that no rank reads what the main process is still checking, writing or deleting.
 
