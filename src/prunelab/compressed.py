@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from .io import atomic_output
 from .masks_io import pack_mask, unpack_mask
+from .errors import InputError
 
 COMPRESSED_FILE = "model.prunelab.safetensors"
 FORMAT, VERSION, READS = "prunelab-compressed", "2", ("1", "2")
@@ -57,7 +58,7 @@ def _zstd():
     try:
         import zstandard
     except ImportError:
-        raise ValueError("codec zstd needs the zstandard package: pip install zstandard (or --codec none)") from None
+        raise InputError("codec zstd needs the zstandard package: pip install zstandard (or --codec none)") from None
     return zstandard
 
 
@@ -106,7 +107,7 @@ def join_planes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
     uint, _ = _INTS[dtype]
     width = math.ceil((1 + mant_bits) / 8)
     if len(data) != count * (1 + width):
-        raise ValueError(f"{len(data)} bytes of value planes for {count} values of {dtype}")
+        raise InputError(f"{len(data)} bytes of value planes for {count} values of {dtype}")
     planes = np.frombuffer(data, dtype=np.uint8).reshape(1 + width, count)
     bits = planes[1].astype(uint)  # in the value's own width: sign and mantissa, then the exponent in between
     for i in range(1, width):
@@ -129,7 +130,7 @@ def encode(key: str, weight: torch.Tensor, mask: torch.Tensor | None, codec: str
         ValueError: a weight not zero where its mask prunes (the artifact is inconsistent), or an unknown codec.
     """
     if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
+        raise InputError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
     weight = weight.detach().to("cpu").contiguous()
     entry = {"shape": list(weight.shape), "dtype": str(weight.dtype).removeprefix("torch."),
              "layout": "dense" if mask is None else "sparse", "codec": codec}
@@ -138,9 +139,9 @@ def encode(key: str, weight: torch.Tensor, mask: torch.Tensor | None, codec: str
         return {key: weight.clone()}, entry  # a copy: tied tensors of a state dict would share storage in the file
     mask = mask.to("cpu", torch.bool)
     if tuple(mask.shape) != tuple(weight.shape):
-        raise ValueError(f"tensor {key!r}: mask of shape {tuple(mask.shape)} for a weight of shape {tuple(weight.shape)}")
+        raise InputError(f"tensor {key!r}: mask of shape {tuple(mask.shape)} for a weight of shape {tuple(weight.shape)}")
     if bool((weight[~mask] != 0).any()):
-        raise ValueError(f"tensor {key!r} is not zero where its mask prunes; re-save the artifact from its pruner")
+        raise InputError(f"tensor {key!r} is not zero where its mask prunes; re-save the artifact from its pruner")
     negative_zeros = int(torch.signbit(weight[~mask]).sum()) if weight.is_floating_point() else 0
     if negative_zeros:  # pruned by an older prunelab (-w * 0 = -0.0): stored, like decoded, as +0.0
         weight = weight.add(0.0)
@@ -164,7 +165,7 @@ def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) 
             naming `source` and the tensor.
     """
     where = f"{source}: tensor {key!r}"
-    damaged = ValueError(f"{where}: the checksum of the decoded tensor fails; the file is damaged")
+    damaged = InputError(f"{where}: the checksum of the decoded tensor fails; the file is damaged")
     try:
         shape, dtype = tuple(entry["shape"]), _DTYPES[entry["dtype"]]
         mask = None
@@ -186,16 +187,16 @@ def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) 
             mask = unpack_mask(bitmask, shape)
             kept = int(np.bitwise_count(bitmask.numpy()).sum())  # popcount of the packed bytes (padding bits are 0)
             if kept != values.numel() or kept != int(entry["nnz"]):
-                raise ValueError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored")
+                raise InputError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored")
             dense = torch.zeros(shape, dtype=dtype).masked_scatter_(mask, values.to(dtype))
         if "crc32" not in entry and sha256(dense) != entry["sha256"]:  # format version 1
             raise damaged
     except KeyError as err:
-        raise ValueError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
+        raise InputError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
     except ValueError as err:
-        raise (err if err is damaged else ValueError(f"{where}: {err}")) from None
+        raise (err if err is damaged else InputError(f"{where}: {err}")) from None
     except Exception as err:  # zstd and numpy raise their own types on damaged frames
-        raise ValueError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
+        raise InputError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
     if tuple(dense.shape) != shape:
         raise damaged
     return dense, mask
@@ -242,16 +243,16 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             metadata = f.metadata() or {}
             stored = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is truncated or not safetensors ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{path} is truncated or not safetensors ({str(err).splitlines()[0]})") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a prunelab compressed checkpoint (format {metadata.get('format')!r})")
+        raise InputError(f"{path} is not a prunelab compressed checkpoint (format {metadata.get('format')!r})")
     if metadata.get("version") not in READS:
-        raise ValueError(f"{path} has format version {metadata.get('version')!r}; this prunelab reads versions "
+        raise InputError(f"{path} has format version {metadata.get('version')!r}; this prunelab reads versions "
                          f"{', '.join(READS)}: upgrade prunelab")
     try:
         entries = json.loads(metadata["tensors"])
     except (KeyError, json.JSONDecodeError):
-        raise ValueError(f"{path} has no readable tensor table; the file is damaged") from None
+        raise InputError(f"{path} has no readable tensor table; the file is damaged") from None
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # largest first: the threads end together
         keys = sorted(entries, key=lambda k: -_numel(entries[k]))
         decoded = dict(zip(keys, pool.map(lambda k: decode(k, stored, entries[k], str(path)), keys)))
@@ -276,7 +277,7 @@ def checkpoint_masks(model, targets, masks: dict[str, torch.Tensor], keys) -> di
         if t.name in masks:
             key = t.param_name if t.param_name in keys else t.name
             if key not in keys:
-                raise ValueError(f"the checkpoint holds no tensor for target {t.name!r}; re-save the model with save_pretrained")
+                raise InputError(f"the checkpoint holds no tensor for target {t.name!r}; re-save the model with save_pretrained")
             out[key] = masks[t.name]
     return out
 
@@ -296,12 +297,12 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values
     from .targets import resolve_targets
 
     if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
+        raise InputError(f"unknown codec {codec!r}; allowed: {', '.join(CODECS)}")
     if values not in VALUES:
-        raise ValueError(f"unknown --values {values!r}; allowed: {', '.join(VALUES)}")
+        raise InputError(f"unknown --values {values!r}; allowed: {', '.join(VALUES)}")
     src = Path(resolve_model_path(source))
     if not (src / DENSE_FILE).is_file() and not is_compressed(src):
-        raise ValueError(f"{source!r} has no single {DENSE_FILE}; compress reads a directory written by save_pretrained")
+        raise InputError(f"{source!r} has no single {DENSE_FILE}; compress reads a directory written by save_pretrained")
     check_out_dir(out, overwrite)
     model, _, masks, info = from_pretrained(str(src))
     targets = resolve_targets(model)
@@ -339,7 +340,7 @@ def _cast_values(state: dict[str, torch.Tensor], sparse: dict, dtype: torch.dtyp
     for key in sparse:
         cast = state[key].to(dtype)
         if not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(state[key]).all()):
-            raise ValueError(f"{source!r}: tensor {key!r} exceeds the range of {dtype}; use --values bf16 or lossless")
+            raise InputError(f"{source!r}: tensor {key!r} exceeds the range of {dtype}; use --values bf16 or lossless")
         error = max(error, float((cast.to(state[key].dtype) - state[key]).abs().max()) if cast.numel() else 0.0)
         state[key] = cast
     return error
@@ -375,7 +376,7 @@ def decompress(source: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
 
     src = Path(source)
     if not is_compressed(src):
-        raise ValueError(f"{source!s} is not a compressed artifact (no {COMPRESSED_FILE}); pass the directory of "
+        raise InputError(f"{source!s} is not a compressed artifact (no {COMPRESSED_FILE}); pass the directory of "
                          "`prunelab compress`")
     tensors, masks = load_checkpoint(src)
     info = read_json(src / INFO_FILE, "artifact info") if (src / INFO_FILE).is_file() else {}

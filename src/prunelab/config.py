@@ -13,6 +13,7 @@ from .schedules import SCHEDULES
 from .scores import CRITERIA
 from .select import SCOPES, parse_structure
 from .targets import parse_kinds
+from .errors import InputError
 
 MODES = ("enforced", "free")
 T = TypeVar("T")
@@ -63,32 +64,32 @@ class PruningConfig:
         for name in ("sparsity", "initial_sparsity"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
+                raise InputError(f"{name} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
         _check_choice("criterion", self.criterion, sorted(CRITERIA))
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("mode", self.mode, MODES)
         if self.start_step < 0:
-            raise ValueError(f"start_step {self.start_step} is negative; steps count from 0")
+            raise InputError(f"start_step {self.start_step} is negative; steps count from 0")
         if self.update_every < 1:
-            raise ValueError(f"update_every {self.update_every} must be >= 1")
+            raise InputError(f"update_every {self.update_every} must be >= 1")
         if self.schedule == "cubic":
             if self.end_step <= self.start_step:
-                raise ValueError(
+                raise InputError(
                     f"end_step {self.end_step} must be greater than start_step {self.start_step} for the cubic schedule"
                 )
             if self.initial_sparsity > self.sparsity and not self.regrow:
-                raise ValueError(
+                raise InputError(
                     f"initial_sparsity {self.initial_sparsity} exceeds sparsity {self.sparsity}; masks are "
                     "monotone, so the schedule must not decrease (or set regrow=True)"
                 )
         if self.structure is not None:
             n, m = parse_structure(self.structure)
             if abs(self.sparsity - (1 - n / m)) > 1e-9:
-                raise ValueError(f"structure {self.structure} keeps {n} of every {m} weights: sparsity {1 - n / m:g}, "
+                raise InputError(f"structure {self.structure} keeps {n} of every {m} weights: sparsity {1 - n / m:g}, "
                                  f"not {self.sparsity:g}; drop the sparsity or set it to {1 - n / m:g}")
             if self.scope != "matrix":
-                raise ValueError(f"structure {self.structure} is exact in every group of {m}: it needs matrix scope, "
+                raise InputError(f"structure {self.structure} is exact in every group of {m}: it needs matrix scope, "
                                  f"not {self.scope}")
         self.exclude = sorted(parse_kinds(self.exclude, "exclude"))
         if self.include is not None:
@@ -104,7 +105,7 @@ class PruningConfig:
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        raise InputError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", section: str | None = None,
@@ -121,13 +122,13 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", sectio
     unknown = sorted(set(data) - known)
     if unknown:
         where = f"[{section}] of {source}" if section else source
-        raise ValueError(f"unknown key {unknown[0]!r} in {where}; allowed: {', '.join(sorted(known))}")
+        raise InputError(f"unknown key {unknown[0]!r} in {where}; allowed: {', '.join(sorted(known))}")
     for key, value in data.items():
         if dataclasses.is_dataclass(value) or key in getattr(cls, "CHECKED", ()):
             continue
         name = f"[{section}] {key} in {source}" if section else f"{key} in {source}"
         if not _matches(value, hints[key]):
-            raise ValueError(f"{name} must be {_describe(hints[key])} (got {value!r})")
+            raise InputError(f"{name} must be {_describe(hints[key])} (got {value!r})")
         if ranges:
             _check_range(cls, key, value, name)
     return cls(**data)
@@ -164,7 +165,7 @@ def _describe(hint: Any) -> str:
 def _check_range(cls: type, key: str, value: Any, name: str) -> None:
     values = value if isinstance(value, list) else [value]
     if key in getattr(cls, "NONEMPTY", ()) and not values:
-        raise ValueError(f"{name} must not be empty")
+        raise InputError(f"{name} must not be empty")
     low, high = getattr(cls, "RANGES", {}).get(key, (None, None))
     open_low = key in getattr(cls, "OPEN", ())
     for v in values:
@@ -173,7 +174,7 @@ def _check_range(cls: type, key: str, value: Any, name: str) -> None:
         if (low is not None and (v <= low if open_low else v < low)) or (high is not None and v > high):
             bounds = " and ".join(b for b in ((f"{'>' if open_low else '>='} {low:g}" if low is not None else ""),
                                                (f"<= {high:g}" if high is not None else "")) if b)
-            raise ValueError(f"{name}: {'each value ' if isinstance(value, list) else ''}must be {bounds} (got {value!r})")
+            raise InputError(f"{name}: {'each value ' if isinstance(value, list) else ''}must be {bounds} (got {value!r})")
 
 
 def versions() -> dict[str, str]:

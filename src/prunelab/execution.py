@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .targets import resolve_targets
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def sparse_weight(weight: torch.Tensor, layout: str) -> torch.Tensor:
             return weight.to_sparse_bsr((BSR_BLOCK, BSR_BLOCK))
     if layout == "semi_structured":
         return torch.sparse.to_sparse_semi_structured(weight)
-    raise ValueError(f"unknown sparse layout {layout!r}")
+    raise InputError(f"unknown sparse layout {layout!r}")
 
 
 def candidate_layouts(weight: torch.Tensor) -> list[str]:
@@ -157,7 +158,7 @@ def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto",
         choice, median dense and chosen milliseconds, their ratio, and why).
     """
     if mode not in MODES:
-        raise ValueError(f"unknown sparse execution mode {mode!r}; allowed: {', '.join(MODES)}")
+        raise InputError(f"unknown sparse execution mode {mode!r}; allowed: {', '.join(MODES)}")
     linears = {}
     for t in resolve_targets(model):
         module_name = t.param_name.rsplit(".", 1)[0]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
+from .errors import InputError
 
 # A test hook: called with a step's name between the file operations of ``atomic_directory`` and of the study
 # runner, so that tests can kill the process exactly there (``os._exit``) and check what the next run recovers.
@@ -47,9 +48,9 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is corrupt (line {err.lineno}: {err.msg}); delete or restore it") from None
+        raise InputError(f"{what} {path} is corrupt (line {err.lineno}: {err.msg}); delete or restore it") from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {err.start}); delete or restore it") from None
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {err.start}); delete or restore it") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .io import atomic_output
+from .errors import InputError, MissingInputError
 
 MASKS_FILE = "masks.safetensors"
 PACKING = "bits-little"
@@ -36,7 +37,7 @@ def unpack_mask(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     cols = shape[-1] if shape else 1
     rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
     if bits.dtype != torch.uint8 or tuple(bits.shape) != (rows, math.ceil(cols / 8)):
-        raise ValueError(f"packed mask of shape {tuple(bits.shape)} ({bits.dtype}) does not hold a mask of shape {shape}")
+        raise InputError(f"packed mask of shape {tuple(bits.shape)} ({bits.dtype}) does not hold a mask of shape {shape}")
     unpacked = np.unpackbits(bits.numpy(), axis=-1, count=cols, bitorder="little")
     return torch.from_numpy(unpacked.view(bool)).reshape(shape)  # 0/1 bytes are valid bools: no copy
 
@@ -59,32 +60,32 @@ def load_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mask file {path} does not exist")
+        raise MissingInputError(f"mask file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         masks = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"mask file {path} is corrupt or not safetensors ({str(err).splitlines()[0]}); re-create it") from None
+        raise InputError(f"mask file {path} is corrupt or not safetensors ({str(err).splitlines()[0]}); re-create it") from None
     if metadata.get("packing") is None:  # the one-byte-per-weight files of earlier versions
         bad = [n for n, m in masks.items() if m.dtype != torch.bool]
         if bad:
-            raise ValueError(f"mask file {path} holds non-boolean tensor {bad[0]!r}; masks are bool (True = kept)")
+            raise InputError(f"mask file {path} holds non-boolean tensor {bad[0]!r}; masks are bool (True = kept)")
         return masks
     if metadata["packing"] != PACKING:
-        raise ValueError(f"mask file {path} uses packing {metadata['packing']!r}; this prunelab reads {PACKING!r}: upgrade it")
+        raise InputError(f"mask file {path} uses packing {metadata['packing']!r}; this prunelab reads {PACKING!r}: upgrade it")
     try:
         shapes = json.loads(metadata.get("shapes", ""))
     except json.JSONDecodeError:
-        raise ValueError(f"mask file {path} has no readable 'shapes' metadata; re-create it") from None
+        raise InputError(f"mask file {path} has no readable 'shapes' metadata; re-create it") from None
     out = {}
     for name, bits in masks.items():
         if name not in shapes:
-            raise ValueError(f"mask file {path}: tensor {name!r} has no shape in the metadata; re-create it")
+            raise InputError(f"mask file {path}: tensor {name!r} has no shape in the metadata; re-create it")
         try:
             out[name] = unpack_mask(bits, tuple(shapes[name]))
         except ValueError as err:
-            raise ValueError(f"mask file {path}: tensor {name!r}: {err}") from None
+            raise InputError(f"mask file {path}: tensor {name!r}: {err}") from None
     return out
 
 
@@ -97,8 +98,8 @@ def check_masks(masks: dict[str, torch.Tensor], targets, source: str = "masks") 
     names = {t.name for t in targets}
     missing, extra = sorted(names - set(masks)), sorted(set(masks) - names)
     if missing or extra:
-        raise ValueError(f"{source} do not match the model's targets: missing {missing[:3]}, unexpected {extra[:3]}; "
+        raise InputError(f"{source} do not match the model's targets: missing {missing[:3]}, unexpected {extra[:3]}; "
                          "were they saved for another architecture or another include/exclude selection?")
     for t in targets:
         if tuple(masks[t.name].shape) != t.shape:
-            raise ValueError(f"{source}: the mask of {t.name!r} has shape {tuple(masks[t.name].shape)}, the weight {t.shape}")
+            raise InputError(f"{source}: the mask of {t.name!r} has shape {tuple(masks[t.name].shape)}, the weight {t.shape}")

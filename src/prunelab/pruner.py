@@ -37,6 +37,7 @@ from .sparsity import sparsity_report
 from .schedules import is_update_step, sparsity_at
 from .select import compute_masks, nm_masks, num_to_prune, parse_structure
 from .targets import Target, get_parameter, input_axis, resolve_targets
+from .errors import MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ class Pruner:
         directory = Path(directory)
         state_path = directory / STATE_FILE
         if not state_path.is_file():
-            raise FileNotFoundError(f"no pruner state in {directory} (expected {STATE_FILE}); was it saved with Pruner.save?")
+            raise MissingInputError(f"no pruner state in {directory} (expected {STATE_FILE}); was it saved with Pruner.save?")
         state = read_json(state_path, "pruner state")
         state["masks"] = load_masks(directory / MASKS_FILE) if (directory / MASKS_FILE).is_file() else {}
         self.load_state_dict(state)

@@ -13,6 +13,7 @@
 """
 
 from __future__ import annotations
+from .errors import InputError
 
 SCHEDULES = ("oneshot", "cubic", "constant")
 
@@ -39,7 +40,7 @@ def sparsity_at(
             return final_sparsity
         progress = (step - start_step) / (end_step - start_step)
         return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
-    raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    raise InputError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
 
 
 def is_update_step(step: int, *, schedule: str, start_step: int = 0, end_step: int = 0, every: int = 1) -> bool:
@@ -50,4 +51,4 @@ def is_update_step(step: int, *, schedule: str, start_step: int = 0, end_step: i
         return step == start_step
     if schedule == "cubic":
         return start_step <= step <= end_step and ((step - start_step) % every == 0 or step == end_step)
-    raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    raise InputError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")

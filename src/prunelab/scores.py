@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable
 
 import torch
+from .errors import InputError
 
 Criterion = Callable[..., torch.Tensor]
 
@@ -35,5 +36,5 @@ CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random}
 
 def get_criterion(name: str) -> Criterion:
     if name not in CRITERIA:
-        raise ValueError(f"unknown criterion {name!r}; allowed: {', '.join(sorted(CRITERIA))}")
+        raise InputError(f"unknown criterion {name!r}; allowed: {', '.join(sorted(CRITERIA))}")
     return CRITERIA[name]

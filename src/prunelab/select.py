@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 
 from .scores import get_criterion
+from .errors import InputError
 
 SCOPES = ("matrix", "global")
 _INT32_MIN = -(2**31)  # key reserved for weights already pruned under monotone masks
@@ -36,7 +37,7 @@ def _to_keys_(scores: torch.Tensor, name: str) -> torch.Tensor:
     if scores.dtype != torch.float32 or not scores.is_contiguous():
         scores = scores.to(torch.float32).contiguous()
     if bool(torch.isnan(scores).any()):
-        raise ValueError(f"scores of {name!r} contain NaN; the weights are corrupt")
+        raise InputError(f"scores of {name!r} contain NaN; the weights are corrupt")
     bits = scores.view(-1).view(torch.int32)
     if bool((bits < 0).any()):
         # Negative floats sort in reverse as ints; flipping their 31 low bits restores the order.
@@ -99,9 +100,9 @@ def compute_masks(
         ValueError: bad sparsity or scope, or a sparsity below what `previous` already prunes.
     """
     if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity {sparsity} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
+        raise InputError(f"sparsity {sparsity} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
     if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
+        raise InputError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
     score_fn = get_criterion(criterion)
     names = list(weights)
 
@@ -117,7 +118,7 @@ def compute_masks(
         if previous is not None:
             already = sum(int((~previous[n]).sum()) for n in group)
             if k < already:
-                raise ValueError(
+                raise InputError(
                     f"sparsity {sparsity} prunes {k} weights but {already} are already pruned and masks are "
                     "monotone; raise the sparsity or allow regrowth (regrow=True)"
                 )
@@ -141,9 +142,9 @@ def parse_structure(structure: str) -> tuple[int, int]:
     try:
         n, m = (int(x) for x in str(structure).split(":"))
     except ValueError:
-        raise ValueError(f"structure {structure!r} is not N:M (e.g. 2:4: keep 2 of every 4 weights)") from None
+        raise InputError(f"structure {structure!r} is not N:M (e.g. 2:4: keep 2 of every 4 weights)") from None
     if not 0 <= n <= m or m < 1:
-        raise ValueError(f"structure {structure!r}: need 0 <= N <= M and M >= 1, e.g. 2:4")
+        raise InputError(f"structure {structure!r}: need 0 <= N <= M and M >= 1, e.g. 2:4")
     return n, m
 
 
@@ -163,7 +164,7 @@ def nm_masks(weights: Mapping[str, torch.Tensor], structure: str, *, criterion: 
     for name, weight in weights.items():
         axis = (input_axes or {}).get(name, -1) % weight.dim()
         if weight.shape[axis] % m:
-            raise ValueError(f"{name!r}: its input dimension ({weight.shape[axis]}) is not a multiple of {m}, so it "
+            raise InputError(f"{name!r}: its input dimension ({weight.shape[axis]}) is not a multiple of {m}, so it "
                              f"has no {n}:{m} structure; exclude its kind or choose another M")
         scores = score_fn(weight, name=name, seed=seed).to(torch.float32)
         if previous is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .errors import InputError, MissingInputError
 
 NOISE_FLOOR = "(identical copy of the first: noise floor)"
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -29,7 +30,7 @@ def _check(batch_sizes, seq_len, device, threads, repeats, autocast) -> None:
     from .pipelines.common import check_number
 
     if not batch_sizes:
-        raise ValueError("--batch-sizes must list at least one batch size, e.g. 1,8,32")
+        raise InputError("--batch-sizes must list at least one batch size, e.g. 1,8,32")
     for b in batch_sizes:
         check_number("--batch-sizes entry", b, low=1, integer=True)
     check_number("--seq-len", seq_len, low=1, integer=True)
@@ -37,11 +38,11 @@ def _check(batch_sizes, seq_len, device, threads, repeats, autocast) -> None:
     if threads is not None:
         check_number("--threads", threads, low=1, integer=True)
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: allowed cpu, cuda")
+        raise InputError(f"--device {device!r}: allowed cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+        raise InputError("--device cuda: no CUDA device is available to torch here; use --device cpu")
     if autocast is not None and (autocast not in AUTOCAST or device != "cuda"):
-        raise ValueError(f"--autocast {autocast!r}: allowed {', '.join(AUTOCAST)}, on --device cuda only")
+        raise InputError(f"--autocast {autocast!r}: allowed {', '.join(AUTOCAST)}, on --device cuda only")
 
 
 class _Onnx:
@@ -49,14 +50,14 @@ class _Onnx:
         try:
             import onnxruntime
         except ImportError:
-            raise ValueError(f"{path}: timing an ONNX file needs onnxruntime: pip install 'prunelab[onnx]'") from None
+            raise InputError(f"{path}: timing an ONNX file needs onnxruntime: pip install 'prunelab[onnx]'") from None
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would busy-wait
         try:
             self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own types for a bad file
-            raise ValueError(f"{path} is not an ONNX model onnxruntime can run: {str(err).splitlines()[0]}") from None
+            raise InputError(f"{path} is not an ONNX model onnxruntime can run: {str(err).splitlines()[0]}") from None
 
     def __call__(self, ids, mask):
         return self.session.run(None, {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()})
@@ -76,7 +77,7 @@ def load_for_timing(model: str, device: str, threads: int, model_class=None):
     names), and its vocabulary size (``None`` for ONNX)."""
     if str(model).endswith(".onnx"):
         if not Path(model).is_file():
-            raise FileNotFoundError(f"{model} does not exist")
+            raise MissingInputError(f"{model} does not exist")
         return _Onnx(str(model), threads), None
     from .artifact import from_pretrained
 
@@ -97,7 +98,7 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
         per-round ratios to the first model), and on CUDA ``max_memory_mb``.
     """
     if not models:
-        raise ValueError("give at least one MODEL to time")
+        raise InputError("give at least one MODEL to time")
     _check(batch_sizes, seq_len, device, threads, repeats, autocast)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -107,7 +108,7 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
     for name, runner in runners.items():
         limit = max_length(runner.config) if isinstance(runner, torch.nn.Module) else None
         if limit is not None and seq_len > limit:
-            raise ValueError(f"--seq-len {seq_len} exceeds what {name!r} takes ({limit} positions); lower --seq-len")
+            raise InputError(f"--seq-len {seq_len} exceeds what {name!r} takes ({limit} positions); lower --seq-len")
     first = models[0]
     vocab = min([v for _, v in loaded.values() if v] or [100])
     rng = torch.Generator().manual_seed(seed)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from .errors import InputError
 
 # Kinds in report order. `relative_position` is XLNet's positional projection `rel_attn.r`.
 KINDS = (
@@ -202,7 +203,7 @@ def architecture(model: nn.Module) -> Architecture:
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ARCHITECTURES:
-        raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
+        raise InputError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
     return ARCHITECTURES[model_type]
 
 
@@ -229,7 +230,7 @@ def base_model(model: nn.Module) -> tuple[nn.Module, str]:
     for name, module in model.named_children():
         if module is base:
             return base, name + "."
-    raise ValueError(f"cannot locate the base model of {type(model).__name__} among its children")
+    raise InputError(f"cannot locate the base model of {type(model).__name__} among its children")
 
 
 def parse_kinds(kinds: str | list[str] | tuple[str, ...] | None, what: str) -> set[str]:
@@ -239,7 +240,7 @@ def parse_kinds(kinds: str | list[str] | tuple[str, ...] | None, what: str) -> s
     items = [k.strip() for k in items if k.strip()]
     unknown = [k for k in items if k not in KINDS]
     if unknown:
-        raise ValueError(f"unknown kind {unknown[0]!r} in {what}; allowed: {', '.join(KINDS)}")
+        raise InputError(f"unknown kind {unknown[0]!r} in {what}; allowed: {', '.join(KINDS)}")
     return set(items)
 
 
@@ -281,7 +282,7 @@ def resolve_targets(
 
     missing = [k for k in _REQUIRED_KINDS if not any(t.kind == k for t in found)]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"the {model_type} table matched no parameter of kind {missing[0]!r} in {type(model).__name__}; "
             "the model does not follow the standard transformers layout"
         )
@@ -289,7 +290,7 @@ def resolve_targets(
     if layers is not None:
         bad = [i for i in layers if not 0 <= i < num_layers]
         if bad:
-            raise ValueError(f"layer {bad[0]} does not exist; the model has layers 0..{num_layers - 1}")
+            raise InputError(f"layer {bad[0]} does not exist; the model has layers 0..{num_layers - 1}")
 
     selected = [
         t
@@ -299,7 +300,7 @@ def resolve_targets(
         and (layers is None or t.layer is None or t.layer in layers)
     ]
     if not selected:
-        raise ValueError("the include/exclude/layers selection leaves no prunable weight; widen it")
+        raise InputError("the include/exclude/layers selection leaves no prunable weight; widen it")
     return selected
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..select import compute_masks
 from ..targets import Target, get_parameter, resolve_targets
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ ATTENTION_KINDS = ("query", "key", "value", "attention_output", "relative_positi
 def parse_sparsity(value: float, what: str = "sparsity") -> float:
     """Check that `value` is a fraction of zeros in [0, 1] and return it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{what} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
+        raise InputError(f"{what} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
     return float(value)
 
 
@@ -71,7 +72,7 @@ def check_tokenizer(tokenizer, model: nn.Module, name: str = "the model") -> Non
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     if tokenizer is None or len(tokenizer) < vocab / 2:
         found = "no tokenizer" if tokenizer is None else f"a tokenizer of {len(tokenizer)} entries for {vocab} embeddings"
-        raise ValueError(f"{name} has {found}; pass a model directory with its tokenizer files")
+        raise InputError(f"{name} has {found}; pass a model directory with its tokenizer files")
 
 
 def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str) -> list[tuple[Target, Target]]:
@@ -83,7 +84,7 @@ def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str
     """
     type_a, type_b = a.config.model_type, b.config.model_type
     if type_a != type_b:
-        raise ValueError(f"{name_a!r} is a {type_a} model and {name_b!r} a {type_b} model; compare two checkpoints "
+        raise InputError(f"{name_a!r} is a {type_a} model and {name_b!r} a {type_b} model; compare two checkpoints "
                          "of the same architecture")
     targets_a, targets_b = resolve_targets(a), {t.name: t for t in resolve_targets(b)}
     pairs = []
@@ -91,11 +92,11 @@ def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str
         other = targets_b.pop(t.name, None)
         if other is None or other.shape != t.shape:
             got = "missing" if other is None else f"of shape {other.shape}"
-            raise ValueError(f"{name_a!r} and {name_b!r} differ in architecture: {t.name} {t.shape} is {got} in "
+            raise InputError(f"{name_a!r} and {name_b!r} differ in architecture: {t.name} {t.shape} is {got} in "
                              f"{name_b!r}; compare two checkpoints of the same architecture")
         pairs.append((t, other))
     if targets_b:
-        raise ValueError(f"{name_b!r} has target {next(iter(targets_b))} that {name_a!r} lacks; compare two "
+        raise InputError(f"{name_b!r} has target {next(iter(targets_b))} that {name_a!r} lacks; compare two "
                          "checkpoints of the same architecture")
     return pairs
 
@@ -114,7 +115,7 @@ def split_heads(weight: torch.Tensor, kind: str, heads: int) -> torch.Tensor:
         dimension on the other side of the projection.
     """
     if kind not in ATTENTION_KINDS:
-        raise ValueError(f"kind {kind!r} has no heads; attention kinds: {', '.join(ATTENTION_KINDS)}")
+        raise InputError(f"kind {kind!r} has no heads; attention kinds: {', '.join(ATTENTION_KINDS)}")
     if weight.dim() == 3:  # XLNet: (d_model, n_head, d_head)
         return weight.permute(1, 2, 0)
     out_dim, in_dim = weight.shape

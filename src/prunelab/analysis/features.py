@@ -12,6 +12,7 @@ from torch import nn
 from ..select import compute_masks
 from ..targets import KINDS, Target, resolve_targets
 from .common import check_same_architecture, check_tokenizer, parse_sparsity, pruned, target_weights
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +23,10 @@ GROUPINGS = ("layer", "kind")
 def encode(tokenizer, texts: list[str], *, batch_size: int = 16, max_length: int = 128) -> list[dict[str, torch.Tensor]]:
     """Tokenize `texts` into padded batches (each a dict of ``(batch, seq)`` tensors, with ``special_tokens_mask``)."""
     if tokenizer is None:
-        raise ValueError("the model has no tokenizer; pass a model directory with tokenizer files (or a --reference "
+        raise InputError("the model has no tokenizer; pass a model directory with tokenizer files (or a --reference "
                          "that has one)")
     if batch_size < 1 or max_length < 2:
-        raise ValueError(f"batch_size {batch_size} must be >= 1 and max_length {max_length} >= 2")
+        raise InputError(f"batch_size {batch_size} must be >= 1 and max_length {max_length} >= 2")
     return [dict(tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                            return_tensors="pt", return_special_tokens_mask=True))
             for i in range(0, len(texts), batch_size)]
@@ -77,7 +78,7 @@ def layer_similarity(model: nn.Module, reference: nn.Module, batches: list[dict]
         sumsq = cos.square().sum(dim=1) if sumsq is None else sumsq + cos.square().sum(dim=1)
         tokens += int(keep.sum())
     if not tokens:
-        raise ValueError("the text sample has no tokens; pass a text file with non-empty lines")
+        raise InputError("the text sample has no tokens; pass a text file with non-empty lines")
     mean = sums / tokens
     std = ((sumsq - tokens * mean.square()) / max(tokens - 1, 1)).clamp(min=0).sqrt()
     return {"mean": [float(x) for x in mean], "std": [float(x) for x in std], "tokens": tokens}
@@ -102,7 +103,7 @@ def similarity_curves(reference: nn.Module, batches: list[dict], *, sparsities=(
     """
     models = models or {}
     if not sparsities and not models:
-        raise ValueError("nothing to compare: give a model to compare with the reference, or sparsities to prune it at")
+        raise InputError("nothing to compare: give a model to compare with the reference, or sparsities to prune it at")
     reference.to(device).eval()
     curves = []
     for label, model in models.items():
@@ -133,7 +134,7 @@ def mask_tokens(batches: list[dict], tokenizer, *, probability: float = 0.15, se
     """Copies of `batches` with `probability` of the non-special tokens replaced by the mask token, and ``labels``
     (the original ids there, -100 elsewhere). Deterministic in `seed`."""
     if getattr(tokenizer, "mask_token_id", None) is None:
-        raise ValueError("the tokenizer has no mask token, so no MLM loss; use --metric similarity")
+        raise InputError("the tokenizer has no mask token, so no MLM loss; use --metric similarity")
     generator, out = torch.Generator().manual_seed(seed), []
     for batch in batches:
         candidates = batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()
@@ -154,7 +155,7 @@ def mlm_loss(model: nn.Module, batches: list[dict], *, device: str = "cpu", prog
             loss = model(**_model_inputs(model, batch, device), labels=batch["labels"].to(device)).loss
             total, count = total + float(loss) * n, count + n
     if not count:
-        raise ValueError("no token of the text sample was masked; pass more text")
+        raise InputError("no token of the text sample was masked; pass more text")
     return total / count
 
 
@@ -202,13 +203,13 @@ def sensitivity(model: nn.Module, tokenizer, texts: list[str], sparsity: float, 
     """
     sparsity = parse_sparsity(sparsity)
     if by not in GROUPINGS:
-        raise ValueError(f"unknown grouping {by!r}; allowed: {', '.join(GROUPINGS)}")
+        raise InputError(f"unknown grouping {by!r}; allowed: {', '.join(GROUPINGS)}")
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+        raise InputError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     if metric == "auto":
         metric = "mlm_loss" if has_mlm_head(model) and getattr(tokenizer, "mask_token_id", None) is not None else "similarity"
     if metric == "mlm_loss" and not has_mlm_head(model):
-        raise ValueError(f"{type(model).__name__} has no masked-LM head, so no MLM loss; use --metric similarity")
+        raise InputError(f"{type(model).__name__} has no masked-LM head, so no MLM loss; use --metric similarity")
     check_tokenizer(tokenizer, model)
     model = model.to(device).eval()
     batches = encode(tokenizer, texts, batch_size=batch_size, max_length=max_length)

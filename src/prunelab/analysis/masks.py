@@ -11,6 +11,7 @@ from ..artifact import from_pretrained, resolve_model_path
 from ..masks_io import MASKS_FILE, load_masks
 from ..targets import KINDS, kind_and_layer
 from .common import check_same_architecture, magnitude_masks, parse_sparsity
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,13 @@ def mask_difference(masks_a: dict[str, torch.Tensor], masks_b: dict[str, torch.T
     if set(masks_a) != set(masks_b):
         only = sorted(set(masks_a) ^ set(masks_b))[0]
         side = "the first" if only in masks_a else "the second"
-        raise ValueError(f"the masks cover different weights: {only!r} is only in {side}; compare masks of the same "
+        raise InputError(f"the masks cover different weights: {only!r} is only in {side}; compare masks of the same "
                          "architecture and include/exclude selection")
     rows, kinds, total = [], {}, [0, 0, 0, 0, 0]
     for name in masks_a:
         a, b = masks_a[name].bool(), masks_b[name].to(masks_a[name].device).bool()
         if a.shape != b.shape:
-            raise ValueError(f"mask {name!r} has shape {tuple(a.shape)} in the first set and {tuple(b.shape)} in the "
+            raise InputError(f"mask {name!r} has shape {tuple(a.shape)} in the first set and {tuple(b.shape)} in the "
                              "second; compare masks of the same architecture")
         counts = [a.numel() - int(a.sum()), b.numel() - int(b.sum()), int((~a & b).sum()), int((a & ~b).sum()), a.numel()]
         kind, layer = kind_and_layer(name)
@@ -92,14 +93,14 @@ def load_mask_source(source: str, sparsity: float | None = None, *, scope: str =
     path = Path(resolve_model_path(source))
     if path.is_file():
         if sparsity is not None:
-            raise ValueError(f"{source!r} is a masks file; --sparsity applies only to models, so drop it or pass the "
+            raise InputError(f"{source!r} is a masks file; --sparsity applies only to models, so drop it or pass the "
                              "model directory instead")
         return load_masks(path), None
     model, _, masks, _ = from_pretrained(source)
     if sparsity is not None:
         return magnitude_masks(model, parse_sparsity(sparsity), scope=scope), model
     if masks is None:
-        raise ValueError(f"model {source!r} has no {MASKS_FILE}; pass --sparsity S to prune both models by magnitude "
+        raise InputError(f"model {source!r} has no {MASKS_FILE}; pass --sparsity S to prune both models by magnitude "
                          "at S, or pass a pruned artifact")
     return masks, model
 

@@ -30,6 +30,7 @@ from .features import encode, sensitivity, similarity_curves
 from .masks import compare_masks
 from .movement import sort_order_movement
 from .weights import DEFAULT_SPARSITIES, embedding_heatmap, head_pruning, key_heatmap, pruned_mass, weight_stats
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _similarity(bundle: _Bundle, *, model: str, reference: str | None = None, sp
     pruned one-shot at each of `sparsities` to `model` itself, on the texts of `text` (default: the packaged sample)."""
     sparsities = list(sparsities or [])
     if reference is None and not sparsities:
-        raise ValueError("nothing to compare: pass --reference REF to compare MODEL with REF, or --sparsities "
+        raise InputError("nothing to compare: pass --reference REF to compare MODEL with REF, or --sparsities "
                          "0.1,0.5,... to compare MODEL with itself pruned one-shot at each")
     loaded, tokenizer = load_model(model)
     if reference is not None:
@@ -253,7 +254,7 @@ def write_analysis(name: str, out: str | Path, /, *, figure: bool = True, overwr
         ImportError: `figure` and matplotlib is not installed.
     """
     if name not in ANALYSES:
-        raise ValueError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
+        raise InputError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
     bundle = _Bundle(name, check_out_dir(out, overwrite), figure)
     ANALYSES[name](bundle, **inputs)
     logger.info("analysis %s wrote %d files to %s", name, len(bundle.files), bundle.out)

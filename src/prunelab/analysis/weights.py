@@ -12,6 +12,7 @@ from ..select import compute_masks
 from ..methods.structured import unit_counts
 from ..targets import KINDS, Target, get_parameter, num_heads, resolve_targets
 from .common import ATTENTION_KINDS, check_tokenizer, parse_sparsity, split_heads, target_weights
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def key_heatmap(model: nn.Module, layer: int) -> dict:
     targets = [t for t in resolve_targets(model, include=["key"], layers=[layer]) if t.kind == "key"]
     target, heads = targets[0], unit_counts(model)["heads"][layer]
     if heads == 0:
-        raise ValueError(f"layer {layer} has no attention head left (structured pruning); choose another --layer")
+        raise InputError(f"layer {layer} has no attention head left (structured pruning); choose another --layer")
     per_head = split_heads(get_parameter(model, target).detach().float().abs(), "key", heads)  # (H, d_head, d_model)
     magnitude = per_head.permute(2, 0, 1).reshape(per_head.shape[2], -1)  # (d_model, H * d_head)
     return {"name": target.name, "layer": layer, "heads": heads, "d_head": per_head.shape[1], "magnitude": magnitude,

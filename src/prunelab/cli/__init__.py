@@ -1,6 +1,8 @@
 """The ``prunelab`` command: one module per subcommand; this file dispatches and reports errors.
 
-Bad input anywhere becomes one line on stderr and exit code 2, never a traceback.
+An error prunelab raises on purpose (``errors.PrunelabError``: bad input, an output in the way) and an operating
+system error about a path become one line on stderr and exit code 2. Anything else is a bug: its traceback and a
+line saying so, exit code 1.
 """
 
 from __future__ import annotations
@@ -8,13 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
+from ..errors import PrunelabError
 from . import (adapt_cmd, analyze_cmd, compress_cmd, distill_cmd, drop_layers_cmd, export_onnx_cmd, finetune_cmd, inspect_cmd,
                pretrain_cmd, prune_cmd, prune_structured_cmd, speed_cmd, study_cmd)
 
 COMMANDS = (inspect_cmd, prune_cmd, compress_cmd, pretrain_cmd, finetune_cmd, adapt_cmd, distill_cmd, study_cmd, analyze_cmd,
             drop_layers_cmd, prune_structured_cmd, export_onnx_cmd, speed_cmd)
-USER_ERRORS = (ValueError, KeyError, OSError)
 # What an interrupted command leaves behind; commands not named here write nothing, or write atomically.
 _RESUMABLE = "interrupted; {out} keeps what was finished: run the same command with --resume to continue"
 INTERRUPTED = {
@@ -48,13 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
-    except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"prunelab {args.command}: error: {message}", file=sys.stderr)
+    except PrunelabError as err:
+        print(f"prunelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno is None:  # not from the operating system: raised by some code on its own
+            return internal_error(args.command)
+        print(f"prunelab {args.command}: error: {err}", file=sys.stderr)  # names the path: no space, no permission, ...
         return 2
     except KeyboardInterrupt:
         print(f"prunelab {args.command}: {interrupted_message(args)}", file=sys.stderr)
         return 130
+    except Exception:
+        return internal_error(args.command)
+
+
+def internal_error(command: str) -> int:
+    """Show the exception being handled as a bug: its traceback, then one line saying what it is."""
+    traceback.print_exc()
+    kind, error = sys.exc_info()[:2]
+    print(f"prunelab {command}: internal error ({kind.__name__}: {error}); this is a bug in prunelab, not in your "
+          "input: please report it with the traceback above", file=sys.stderr)
+    return 1
 
 
 def interrupted_message(args) -> str:

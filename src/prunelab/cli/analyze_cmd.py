@@ -8,6 +8,7 @@ from ..analysis import ANALYSES, features, write_analysis
 from ..analysis.common import parse_sparsity
 from ..select import SCOPES
 from .options import add_model, add_out, floats
+from ..errors import InputError
 
 DEFAULT_SPARSITIES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 
@@ -74,7 +75,7 @@ def run(args) -> int:
     try:
         written = write_analysis(args.analysis, args.out, figure=not args.no_figure, overwrite=args.overwrite, **inputs)
     except ImportError as err:  # a missing optional dependency is bad input, not a crash
-        raise ValueError(str(err)) from None
+        raise InputError(str(err)) from None
     for line in [*written.messages, *written.files]:
         print(line)
     return 0
@@ -83,5 +84,5 @@ def run(args) -> int:
 def _sparsities(text: str) -> list[float]:
     values = floats(text, "--sparsities")
     if not values:
-        raise ValueError("--sparsities is empty; pass fractions of zeros, e.g. 0,0.1,0.5")
+        raise InputError("--sparsities is empty; pass fractions of zeros, e.g. 0,0.1,0.5")
     return [parse_sparsity(value, "sparsity in --sparsities") for value in values]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..methods.layer_drop import STRATEGIES
 from .options import add_model, add_out, ints
+from ..errors import InputError
 
 
 def register(sub) -> None:
@@ -23,7 +24,7 @@ def run(args) -> int:
 
     layers = ints(args.layers, "--layers", example="9,10,11")
     if (layers is None) == (args.strategy is None):
-        raise ValueError("give either --strategy (with --count or, for contribution, --threshold) or --layers")
+        raise InputError("give either --strategy (with --count or, for contribution, --threshold) or --layers")
     info = drop_and_save(args.model, args.out, strategy=args.strategy, count=args.count, layers=layers,
                          threshold=args.threshold, text=args.text, overwrite=args.overwrite)
     print(f"dropped layers {info['dropped']} of {info['layers_before']} from {args.model}: parameters "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..scores import CRITERIA
 from ..select import SCOPES
+from ..errors import InputError
 
 MODEL_HELP = "model directory, pruned artifact, hub id, or 'minilm' (the packaged MiniLM-L6)"
 TASK_HELP = "GLUE task: CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE, WNLI (or cola, sst2, ...)"
@@ -76,7 +77,7 @@ def floats(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 2e-5,3e-5") from None
+        raise InputError(f"{option} {text!r} is not a comma-separated list of numbers, e.g. 2e-5,3e-5") from None
 
 
 def ints(text: str | None, option: str, example: str = "0,1,2") -> list[int] | None:
@@ -85,4 +86,4 @@ def ints(text: str | None, option: str, example: str = "0,1,2") -> list[int] | N
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{option} {text!r} is not a comma-separated list of integers, e.g. {example}") from None
+        raise InputError(f"{option} {text!r} is not a comma-separated list of integers, e.g. {example}") from None

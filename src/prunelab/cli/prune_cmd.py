@@ -7,6 +7,7 @@ from ..config import PruningConfig
 from ..select import parse_structure
 from .compress_cmd import add_codec, summary
 from .options import add_criterion_and_scope, add_model, add_out, ints
+from ..errors import InputError
 
 
 def register(sub) -> None:
@@ -32,7 +33,7 @@ def run(args) -> int:
         n, m = parse_structure(args.structure)
         sparsity = 1 - n / m
     if sparsity is None:
-        raise ValueError("give --sparsity S (the fraction of zeros) or --structure N:M")
+        raise InputError("give --sparsity S (the fraction of zeros) or --structure N:M")
     config = PruningConfig(
         sparsity=sparsity,
         structure=args.structure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .options import ints
+from ..errors import InputError
 
 
 def register(sub) -> None:
@@ -25,7 +26,7 @@ def run(args) -> int:
     from ..speed import measure_speed, table
 
     if args.json and not args.json.endswith(".json"):
-        raise ValueError(f"--json {args.json!r} must name a .json file")
+        raise InputError(f"--json {args.json!r} must name a .json file")
     result = measure_speed(args.models, batch_sizes=ints(args.batch_sizes, "--batch-sizes", example="1,8,32") or [],
                      seq_len=args.seq_len, device=args.device, threads=args.threads, repeats=args.repeats,
                      sparse_execution=args.sparse_execution, autocast=args.autocast)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from ..errors import InputError, MissingInputError
 
 
 def register(sub) -> None:
@@ -75,9 +76,9 @@ def run_run(args) -> int:
     spec = load_spec(args.spec)
     data_dir = spec.data_dir(args.data)
     if data_dir is not None and not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} not found; pass --data DIR or set PRUNELAB_DATA")
+        raise MissingInputError(f"data directory {data_dir} not found; pass --data DIR or set PRUNELAB_DATA")
     if data_dir is None and not _hub_reachable():
-        raise ValueError("no data reachable: no --data DIR or PRUNELAB_DATA was given and the Hugging Face hub cannot be "
+        raise InputError("no data reachable: no --data DIR or PRUNELAB_DATA was given and the Hugging Face hub cannot be "
                          "reached; pass --data DIR holding glue/ (download_glue_data.py layout) and wikitext-2/")
     counts = run_study(spec, args.out, data_dir=data_dir, executor=args.executor, jobs=args.jobs,
                        retry_failed=args.retry_failed, address=args.address)

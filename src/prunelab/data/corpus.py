@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from ..errors import InputError, MissingInputError
 
 
 def read_corpus(files: list[str | os.PathLike]) -> list[str]:
@@ -15,22 +16,22 @@ def read_corpus(files: list[str | os.PathLike]) -> list[str]:
         ValueError: a file is not UTF-8 text, or all files are empty.
     """
     if not files:
-        raise ValueError("no corpus file given; pass --corpus FILE [FILE ...]")
+        raise InputError("no corpus file given; pass --corpus FILE [FILE ...]")
     lines: list[str] = []
     for file in files:
         path = Path(file)
         if not path.is_file():
-            raise FileNotFoundError(f"corpus file {path} not found")
+            raise MissingInputError(f"corpus file {path} not found")
         with open(path, "rb") as f:  # decode line by line, so an error names the exact line
             for lineno, raw in enumerate(f, start=1):
                 try:
                     line = raw.decode("utf-8").strip()
                 except UnicodeDecodeError:
-                    raise ValueError(f"{path}:{lineno}: not UTF-8 text; pass plain-text files, one document or paragraph per line") from None
+                    raise InputError(f"{path}:{lineno}: not UTF-8 text; pass plain-text files, one document or paragraph per line") from None
                 if line:
                     lines.append(line)
     if not lines:
-        raise ValueError(f"corpus {', '.join(map(str, files))} has no text")
+        raise InputError(f"corpus {', '.join(map(str, files))} has no text")
     return lines
 
 
@@ -38,7 +39,7 @@ def split_dev(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
     """Hold out the last `fraction` of lines (at least one) as the dev split; deterministic."""
     n_dev = max(1, round(len(lines) * fraction))
     if n_dev >= len(lines):
-        raise ValueError(f"the corpus has {len(lines)} lines, too few to hold out a dev split; add text or pass --dev-file")
+        raise InputError(f"the corpus has {len(lines)} lines, too few to hold out a dev split; add text or pass --dev-file")
     return lines[:-n_dev], lines[-n_dev:]
 
 
@@ -63,7 +64,7 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     for start in range(len(full) - len(bare) + 1):
         if full[start:start + len(bare)] == bare:
             return full[:start], full[start + len(bare):]
-    raise ValueError(f"cannot find where {type(tokenizer).__name__} puts the text among its special tokens")
+    raise InputError(f"cannot find where {type(tokenizer).__name__} puts the text among its special tokens")
 
 
 def read_hub_corpus(spec: str, split: str = "train", column: str = "text") -> list[str]:
@@ -72,12 +73,12 @@ def read_hub_corpus(spec: str, split: str = "train", column: str = "text") -> li
     try:
         import datasets
     except ImportError:
-        raise ValueError("reading a corpus from the hub needs the datasets package: pip install 'prunelab[datasets]'") from None
+        raise InputError("reading a corpus from the hub needs the datasets package: pip install 'prunelab[datasets]'") from None
     name, _, config = spec.partition(":")
     try:
         rows = datasets.load_dataset(name, config or None, split=split)
     except Exception as err:  # network or hub errors come in many types
-        raise ValueError(f"cannot load dataset {spec!r} split {split!r} from the hub: {str(err).splitlines()[0]}") from None
+        raise InputError(f"cannot load dataset {spec!r} split {split!r} from the hub: {str(err).splitlines()[0]}") from None
     if column not in rows.column_names:
-        raise ValueError(f"dataset {spec!r} has no column {column!r}; columns: {', '.join(rows.column_names)}")
+        raise InputError(f"dataset {spec!r} has no column {column!r}; columns: {', '.join(rows.column_names)}")
     return [line.strip() for line in rows[column] if line and line.strip()]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ..errors import InputError, MissingInputError
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def get_task(name: str) -> Task:
     """Look a task up by short or folder name, case-insensitively (``SST-2``, ``sst2``, ``STS-B``, ``stsb``)."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; allowed: {', '.join(t.folder for t in TASKS.values())} (or lower-case short names)")
+        raise InputError(f"unknown GLUE task {name!r}; allowed: {', '.join(t.folder for t in TASKS.values())} (or lower-case short names)")
     return TASKS[key]
 
 
@@ -91,21 +92,21 @@ def read_split(data_dir: str | Path, task: Task, split: str) -> list[Example]:
     """
     path = Path(data_dir) / task.folder / f"{split}.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"GLUE file {path} not found; pass --data-dir with the download_glue_data.py layout (<dir>/{task.folder}/{split}.tsv)")
+        raise MissingInputError(f"GLUE file {path} not found; pass --data-dir with the download_glue_data.py layout (<dir>/{task.folder}/{split}.tsv)")
     csv.field_size_limit(sys.maxsize)
     examples: list[Example] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {err.start}); GLUE files are UTF-8") from None
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {err.start}); GLUE files are UTF-8") from None
     with io.StringIO(text, newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         if task.header:
             header = next(rows, None) or []
             missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
             if missing:
-                raise ValueError(f"{path}:1: header lacks column {missing[0]!r}; is this the {task.folder} file?")
+                raise InputError(f"{path}:1: header lacks column {missing[0]!r}; is this the {task.folder} file?")
             width = len(header)
             text_idx = [header.index(c) for c in task.text_columns]
             label_idx = header.index(task.label_column)
@@ -118,11 +119,11 @@ def read_split(data_dir: str | Path, task: Task, split: str) -> list[Example]:
             if not row:
                 continue
             if len(row) != width:
-                raise ValueError(f"{path}:{lineno}: expected {width} tab-separated columns, found {len(row)}")
+                raise InputError(f"{path}:{lineno}: expected {width} tab-separated columns, found {len(row)}")
             texts = [row[i] for i in text_idx]
             examples.append((texts[0], texts[1] if len(texts) > 1 else None, _label(task, row[label_idx], path, lineno)))
     if not examples:
-        raise ValueError(f"{path} has no examples")
+        raise InputError(f"{path} has no examples")
     return examples
 
 
@@ -131,12 +132,12 @@ def _label(task: Task, raw: str, path: Path, lineno: int) -> float | int:
         try:
             score = float(raw)
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: score {raw!r} is not a number") from None
+            raise InputError(f"{path}:{lineno}: score {raw!r} is not a number") from None
         if not math.isfinite(score):
-            raise ValueError(f"{path}:{lineno}: score {raw!r} is not a finite number")
+            raise InputError(f"{path}:{lineno}: score {raw!r} is not a finite number")
         return score
     if raw not in task.labels:
-        raise ValueError(f"{path}:{lineno}: label {raw!r} is not one of {', '.join(task.labels)}")
+        raise InputError(f"{path}:{lineno}: label {raw!r} is not one of {', '.join(task.labels)}")
     return task.labels.index(raw)
 
 
@@ -145,11 +146,11 @@ def read_hub_split(task: Task, split: str) -> list[Example]:
     try:
         import datasets
     except ImportError:
-        raise ValueError("reading GLUE from the hub needs the datasets package: pip install 'prunelab[datasets]'") from None
+        raise InputError("reading GLUE from the hub needs the datasets package: pip install 'prunelab[datasets]'") from None
     try:
         rows = datasets.load_dataset("nyu-mll/glue", task.name, split=_HUB_SPLITS[split])
     except Exception as err:  # network or hub errors come in many types
-        raise ValueError(f"cannot load nyu-mll/glue {task.name} {split} from the hub: {str(err).splitlines()[0]}; "
+        raise InputError(f"cannot load nyu-mll/glue {task.name} {split} from the hub: {str(err).splitlines()[0]}; "
                          "pass --data-dir with a local copy") from None
     columns = task.hub_text_columns
     return [(r[columns[0]], r[columns[1]] if len(columns) > 1 else None, r["label"]) for r in rows]

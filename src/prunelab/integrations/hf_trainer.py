@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 
 from ..pruner import STATE_FILE, Pruner
+from ..errors import MissingInputError
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -61,7 +62,7 @@ class PruningCallback(_LogsFigures):
         if state.global_step > 0:
             checkpoint = self.resume_from or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if not os.path.isfile(os.path.join(checkpoint, STATE_FILE)):
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"resuming at step {state.global_step} but {checkpoint} holds no pruner state ({STATE_FILE}); "
                     "pass PruningCallback(pruner, resume_from=CHECKPOINT_DIR)"
                 )

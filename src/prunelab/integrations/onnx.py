@@ -19,6 +19,7 @@ import torch
 
 from ..artifact import from_pretrained
 from ..io import atomic_output
+from ..errors import InputError
 
 TOLERANCE = 1e-3  # largest absolute difference to PyTorch accepted (float32 kernels differ in summation order)
 
@@ -38,7 +39,7 @@ def _requirements():
         import onnxruntime
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ValueError(f"export-onnx needs the onnx extra ({err.name} is missing): pip install 'prunelab[onnx]'") from None
+        raise InputError(f"export-onnx needs the onnx extra ({err.name} is missing): pip install 'prunelab[onnx]'") from None
     return onnxruntime
 
 
@@ -65,9 +66,9 @@ def export_onnx(model: str, out: str | os.PathLike, *, opset: int | None = None,
     ort = _requirements()
     out = Path(out)
     if out.suffix != ".onnx":
-        raise ValueError(f"--out {str(out)!r} must name a .onnx file")
+        raise InputError(f"--out {str(out)!r} must name a .onnx file")
     if out.exists() and (out.is_dir() or not overwrite):
-        raise ValueError(f"--out {str(out)!r} exists; choose another path or pass --overwrite")
+        raise InputError(f"--out {str(out)!r} exists; choose another path or pass --overwrite")
     net = from_pretrained(model).model.eval()
     vocab = int(net.config.vocab_size)
     wrapped = _FirstOutput(net).eval()  # the exporters restore the wrapper's mode, recursively
@@ -85,7 +86,7 @@ def export_onnx(model: str, out: str | os.PathLike, *, opset: int | None = None,
             want = wrapped(*check).numpy()
         diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
         if not diff <= TOLERANCE:
-            raise ValueError(f"onnxruntime's output differs from PyTorch's by {diff:g} (shape {got.shape} vs "
+            raise InputError(f"onnxruntime's output differs from PyTorch's by {diff:g} (shape {got.shape} vs "
                              f"{want.shape}); the export of {model!r} is not kept")
     return {"file": str(out), "bytes": out.stat().st_size, "exporter": exporter, "output": output_name,
             "max_abs_diff": diff, "checked_shape": list(check[0].shape)}
@@ -111,6 +112,6 @@ def _export(wrapped: torch.nn.Module, example, path: Path, opset: int | None) ->
             torch.onnx.export(wrapped, example, str(path), **names, opset_version=opset or 17, dynamo=False,
                               dynamic_axes=axes)
     except Exception as err:
-        raise ValueError(f"neither of torch's ONNX exporters could export this model: {type(err).__name__}: "
+        raise InputError(f"neither of torch's ONNX exporters could export this model: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}") from None
     return "torchscript"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from ..errors import InputError
 
 
 @dataclass
@@ -39,9 +40,9 @@ class DistillWeights:
         for name in ("attention", "hidden", "logits", "hard"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"--alpha-{name} {value!r} must be a number >= 0 (0 switches the term off)")
+                raise InputError(f"--alpha-{name} {value!r} must be a number >= 0 (0 switches the term off)")
         if self.attention == self.hidden == self.logits == self.hard == 0:
-            raise ValueError("all loss weights are 0; set at least one of --alpha-attention, --alpha-hidden, "
+            raise InputError("all loss weights are 0; set at least one of --alpha-attention, --alpha-hidden, "
                              "--alpha-logits, --alpha-hard above 0")
 
 
@@ -80,9 +81,9 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
         ValueError: S < 1, or the student is deeper than the teacher.
     """
     if student_layers < 1:
-        raise ValueError(f"the student has {student_layers} layers; it needs at least 1")
+        raise InputError(f"the student has {student_layers} layers; it needs at least 1")
     if student_layers > teacher_layers:
-        raise ValueError(f"the student has {student_layers} layers, the teacher only {teacher_layers}; each student "
+        raise InputError(f"the student has {student_layers} layers, the teacher only {teacher_layers}; each student "
                          "layer needs its own teacher layer: use a teacher at least as deep as the student")
     return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
 
@@ -106,7 +107,7 @@ def attention_loss(student_attn, teacher_attn, attention_mask: torch.Tensor | No
     total = student_attn[0].new_zeros(())
     for s, t in zip(student_attn, teacher_attn):
         if s.shape != t.shape:
-            raise ValueError(f"student attention {tuple(s.shape)} and teacher attention {tuple(t.shape)} differ; "
+            raise InputError(f"student attention {tuple(s.shape)} and teacher attention {tuple(t.shape)} differ; "
                              "distilling attention needs the same number of heads")
         squared = (s - t.to(s.dtype)) ** 2
         if attention_mask is None:
@@ -137,7 +138,7 @@ def hidden_loss(student_hidden, teacher_hidden, attention_mask: torch.Tensor | N
     """
     _check_lengths(student_hidden, teacher_hidden, "hidden-state")
     if student_hidden[0].shape[-1] != teacher_hidden[0].shape[-1]:
-        raise ValueError(f"student hidden size {student_hidden[0].shape[-1]} != teacher hidden size "
+        raise InputError(f"student hidden size {student_hidden[0].shape[-1]} != teacher hidden size "
                          f"{teacher_hidden[0].shape[-1]}; hidden-state distillation needs equal sizes: use a teacher "
                          "of the student's width or pass --alpha-hidden 0")
     total = student_hidden[0].new_zeros(())
@@ -175,7 +176,7 @@ def logits_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temp
     if regression:
         return F.mse_loss(student_logits, teacher_logits)
     if temperature <= 0:
-        raise ValueError(f"temperature {temperature} must be > 0")
+        raise InputError(f"temperature {temperature} must be > 0")
     student = F.log_softmax(student_logits / temperature, dim=-1)
     teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
@@ -197,10 +198,10 @@ def distill_terms(student_out, teacher_out, attention_mask: torch.Tensor | None,
         ``{"attention": ..., "hidden": ..., "logits": ...}`` for the weighted terms: unweighted scalars.
     """
     if weights.attention > 0 and not (student_out.attentions and teacher_out.attentions):
-        raise ValueError("the models returned no attentions; load them with attn_implementation='eager' "
+        raise InputError("the models returned no attentions; load them with attn_implementation='eager' "
                          "or pass --alpha-attention 0")
     if weights.hidden > 0 and not (student_out.hidden_states and teacher_out.hidden_states):
-        raise ValueError("the models returned no hidden states; call them with output_hidden_states=True")
+        raise InputError("the models returned no hidden states; call them with output_hidden_states=True")
     terms = {}
     if weights.attention > 0 or weights.hidden > 0:
         mapping = layer_map(_num_layers(student_out), _num_layers(teacher_out))
@@ -219,7 +220,7 @@ def total_loss(terms: dict[str, torch.Tensor], weights: DistillWeights, hard: to
     parts = [getattr(weights, name) * value for name, value in terms.items()]
     if weights.hard > 0:
         if hard is None:
-            raise ValueError("--alpha-hard > 0 needs the task loss; the batch has no labels")
+            raise InputError("--alpha-hard > 0 needs the task loss; the batch has no labels")
         parts.append(weights.hard * hard)
     return torch.stack(parts).sum()
 
@@ -230,5 +231,5 @@ def _num_layers(out) -> int:
 
 def _check_lengths(student, teacher, what: str) -> None:
     if len(student) != len(teacher) or not student:
-        raise ValueError(f"{len(student)} student and {len(teacher)} teacher {what} tensors; map the layers with "
+        raise InputError(f"{len(student)} student and {len(teacher)} teacher {what} tensors; map the layers with "
                          "layer_map first (and pass at least one)")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..targets import architecture, base_model
+from ..errors import InputError
 STRATEGIES = ("top", "bottom", "alternate-even", "alternate-odd", "symmetric", "contribution")
 
 
@@ -39,9 +40,9 @@ def layers_to_drop(n: int, strategy: str, count: int) -> list[int]:
     ``contribution_scores``)."""
     if strategy not in STRATEGIES or strategy == "contribution":
         allowed = ", ".join(s for s in STRATEGIES if s != "contribution")
-        raise ValueError(f"unknown positional strategy {strategy!r}; allowed: {allowed} (contribution needs a model and text)")
+        raise InputError(f"unknown positional strategy {strategy!r}; allowed: {allowed} (contribution needs a model and text)")
     if not 0 < count < n:
-        raise ValueError(f"--count {count} must be between 1 and {n - 1} (the model has {n} layers and keeps at least one)")
+        raise InputError(f"--count {count} must be between 1 and {n - 1} (the model has {n} layers and keeps at least one)")
     if strategy == "top":
         return list(range(n - count, n))
     if strategy == "bottom":
@@ -52,7 +53,7 @@ def layers_to_drop(n: int, strategy: str, count: int) -> list[int]:
     parity = 0 if strategy == "alternate-even" else 1
     candidates = [one_based - 1 for one_based in range(n, 0, -1) if one_based % 2 == parity]
     if count > len(candidates):
-        raise ValueError(f"{strategy} can drop at most {len(candidates)} of {n} layers; lower --count")
+        raise InputError(f"{strategy} can drop at most {len(candidates)} of {n} layers; lower --count")
     return sorted(candidates[:count])
 
 
@@ -85,15 +86,15 @@ def contribution_scores(model: nn.Module, tokenizer, texts: list[str], batch_siz
 def choose_by_contribution(scores: list[float], count: int | None = None, threshold: float | None = None) -> list[int]:
     """The `count` most similar layers, or all with similarity above `threshold` (always keeping one)."""
     if (count is None) == (threshold is None):
-        raise ValueError("the contribution strategy takes either --count K or --threshold T")
+        raise InputError("the contribution strategy takes either --count K or --threshold T")
     if threshold is not None:
         chosen = [i for i, s in enumerate(scores) if s > threshold]
     else:
         if not 0 < count < len(scores):
-            raise ValueError(f"--count {count} must be between 1 and {len(scores) - 1}")
+            raise InputError(f"--count {count} must be between 1 and {len(scores) - 1}")
         chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[:count]
     if len(chosen) >= len(scores):
-        raise ValueError(f"threshold {threshold} would drop every layer; raise it")
+        raise InputError(f"threshold {threshold} would drop every layer; raise it")
     return sorted(chosen)
 
 
@@ -104,7 +105,7 @@ def drop_layers(model: nn.Module, layers: list[int]) -> nn.Module:
     n = len(stack)
     bad = [i for i in layers if not 0 <= i < n]
     if bad or not layers or len(set(layers)) >= n:
-        raise ValueError(f"cannot drop layers {layers} of a {n}-layer model; give 0-based indices 0..{n - 1}, keeping at least one")
+        raise InputError(f"cannot drop layers {layers} of a {n}-layer model; give 0-based indices 0..{n - 1}, keeping at least one")
     kept = [layer for i, layer in enumerate(stack) if i not in set(layers)]
     for new_index, layer in enumerate(kept):  # caches index layers by position
         for module in layer.modules():

@@ -36,6 +36,7 @@ from torch.nn.utils import parametrize
 from ..schedules import sparsity_at
 from ..select import compute_masks
 from ..targets import Target, resolve_targets
+from ..errors import InputError
 
 
 def straight_through_mask(scores: torch.Tensor, t_forward: float | None, t_backward: float) -> torch.Tensor:
@@ -84,9 +85,9 @@ class MaskLearner:
                  t_backward: float = 1.0, ramp_steps: int = 0, band: float = 0.01, init_mean: float = 0.01, init_std: float = 0.001,
                  include=None, exclude=None, layers=None, seed: int = 0):
         if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity {sparsity} is outside [0, 1); pass the fraction of zeros, e.g. 0.5")
+            raise InputError(f"sparsity {sparsity} is outside [0, 1); pass the fraction of zeros, e.g. 0.5")
         if penalty < 0 or band < 0 or t_backward <= 0 or (t_forward is not None and t_forward <= 0) or ramp_steps < 0:
-            raise ValueError(f"penalty ({penalty}), band ({band}) and ramp_steps ({ramp_steps}) must be >= 0, the temperatures "
+            raise InputError(f"penalty ({penalty}), band ({band}) and ramp_steps ({ramp_steps}) must be >= 0, the temperatures "
                              f"t_forward ({t_forward}) and t_backward ({t_backward}) > 0")
         self.model, self.sparsity, self.penalty_weight, self.ramp_steps, self.band = model, sparsity, penalty, ramp_steps, band
         self.targets: list[Target] = resolve_targets(model, include, exclude, layers)

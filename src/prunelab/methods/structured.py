@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..targets import Units, architecture, base_model
+from ..errors import InputError
 
 UNIT_KINDS = ("heads", "ffn")
 SCOPES = ("layer", "global")
@@ -108,15 +109,16 @@ def importance_scores(model: nn.Module, batches) -> dict[str, list[torch.Tensor]
     with labels) of |dL/dgate|, where a gate multiplies the unit's slice of the output projection, normalised to
     unit L2 norm per layer. The model's parameters are not changed; their gradients are cleared after."""
     units, hd, n = units_of(model), head_dim(model), len(layers(model))
-    sums = {kind: [torch.zeros(c) for c in unit_counts(model)[kind]] for kind in UNIT_KINDS}
+    device = next(model.parameters()).device  # sums and batches where the model is (CPU or an accelerator)
+    sums = {kind: [torch.zeros(c, device=device) for c in unit_counts(model)[kind]] for kind in UNIT_KINDS}
     was_training, count = model.training, 0
     model.eval()  # no dropout: the gradient of the model that will be pruned
     try:
         for batch in batches:
             model.zero_grad(set_to_none=True)
-            loss = model(**batch).loss
+            loss = model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}).loss
             if loss is None:
-                raise ValueError("importance needs labels: the batches must carry them")
+                raise InputError("importance needs labels: the batches must carry them")
             loss.backward()
             for kind, (path, axis, grouped) in (("heads", units.heads_out), ("ffn", units.ffn_out)):
                 for i in range(n):
@@ -130,8 +132,8 @@ def importance_scores(model: nn.Module, batches) -> dict[str, list[torch.Tensor]
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if count == 0:
-        raise ValueError("importance needs at least one batch of task data")
-    return {kind: [s / count / max(float(torch.linalg.vector_norm(s / count)), 1e-20) for s in sums[kind]]
+        raise InputError("importance needs at least one batch of task data")
+    return {kind: [(s / count / max(float(torch.linalg.vector_norm(s / count)), 1e-20)).cpu() for s in sums[kind]]
             for kind in UNIT_KINDS}
 
 
@@ -172,20 +174,20 @@ def choose(scores: list[torch.Tensor], fraction: float, scope: str, min_keep: in
         ValueError: a fraction outside [0, 1], an unknown scope, or a fraction that leaves a layer below `min_keep`.
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction {fraction} must be in [0, 1]")
+        raise InputError(f"fraction {fraction} must be in [0, 1]")
     if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
+        raise InputError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
     counts = [len(s) for s in scores]
     if scope == "layer":
         removed = [round(fraction * n) for n in counts]
         if any(n - r < min(min_keep, n) for n, r in zip(counts, removed)):
-            raise ValueError(f"removing {fraction:.0%} of the units of every layer leaves a layer with fewer than "
+            raise InputError(f"removing {fraction:.0%} of the units of every layer leaves a layer with fewer than "
                              f"{min_keep}")
         order = [torch.argsort(s, stable=True) for s in scores]
         return [sorted(o[r:].tolist()) for o, r in zip(order, removed)]
     total = round(fraction * sum(counts))
     if sum(counts) - total < sum(min(min_keep, n) for n in counts):
-        raise ValueError(f"removing {fraction:.0%} of all units leaves a layer with fewer than {min_keep}")
+        raise InputError(f"removing {fraction:.0%} of all units leaves a layer with fewer than {min_keep}")
     protected = {(i, int(torch.argsort(s, descending=True, stable=True)[j])) for i, s in enumerate(scores)
                  for j in range(min(min_keep, len(s)))}
     ranked = sorted(((float(v), i, j) for i, s in enumerate(scores) for j, v in enumerate(s.tolist())
@@ -206,11 +208,11 @@ def prune_units(model: nn.Module, *, heads: float = 0.0, ffn: float = 0.0, crite
             ``from-masks`` without masks or threshold, or every head of a layer removed without `allow_empty_attention`.
     """
     if criterion not in CRITERIA:
-        raise ValueError(f"unknown structured criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
+        raise InputError(f"unknown structured criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
     min_heads = 0 if allow_empty_attention else 1
     if criterion == "from-masks":
         if not masks or threshold is None or not 0.0 <= threshold <= 1.0:
-            raise ValueError("from-masks needs a model with masks (a pruned artifact) and --threshold in [0, 1]")
+            raise InputError("from-masks needs a model with masks (a pruned artifact) and --threshold in [0, 1]")
         kept = mask_scores(model, masks)
         keep = {kind: [[j for j, k in enumerate(s.tolist()) if 1.0 - k < threshold] for s in kept[kind]]
                 for kind in UNIT_KINDS}
@@ -219,13 +221,13 @@ def prune_units(model: nn.Module, *, heads: float = 0.0, ffn: float = 0.0, crite
                 keep["heads"][i] = [int(torch.argmax(s))]
     else:
         if criterion == "importance" and batches is None:
-            raise ValueError("the importance criterion needs task data: give --task (and --data-dir)")
+            raise InputError("the importance criterion needs task data: give --task (and --data-dir)")
         scores = {"magnitude": lambda: magnitude_scores(model), "random": lambda: random_scores(model, seed),
                   "importance": lambda: importance_scores(model, batches)}[criterion]()
         try:
             keep = {"heads": choose(scores["heads"], heads, scope, min_heads)}
         except ValueError as err:
-            raise ValueError(f"heads: {err}" + ("; pass allow_empty_attention (--allow-empty-attention) to skip "
+            raise InputError(f"heads: {err}" + ("; pass allow_empty_attention (--allow-empty-attention) to skip "
                                                 "attention in such layers" if min_heads else "")) from None
         keep["ffn"] = choose(scores["ffn"], ffn, scope)
     remove_units(model, keep)
@@ -277,12 +279,12 @@ def remove_units(model: nn.Module, keep: dict[str, list[list[int]]]) -> nn.Modul
     counts = unit_counts(model)
     for kind, per_layer in keep.items():
         if kind not in UNIT_KINDS or len(per_layer) != len(counts[kind]):
-            raise ValueError(f"keep[{kind!r}] must list the kept units of each of the {len(counts.get(kind, []))} layers")
+            raise InputError(f"keep[{kind!r}] must list the kept units of each of the {len(counts.get(kind, []))} layers")
         for i, kept in enumerate(per_layer):
             if any(not 0 <= j < counts[kind][i] for j in kept) or len(set(kept)) != len(kept):
-                raise ValueError(f"layer {i}: kept {kind} {kept} are not distinct indices below {counts[kind][i]}")
+                raise InputError(f"layer {i}: kept {kind} {kept} are not distinct indices below {counts[kind][i]}")
             if kind == "heads" and not kept and units.empty is None:
-                raise ValueError(f"{model.config.model_type} cannot skip attention: keep at least one head per layer")
+                raise InputError(f"{model.config.model_type} cannot skip attention: keep at least one head per layer")
     for i, layer in enumerate(layers(model)):
         if "heads" in keep and len(keep["heads"][i]) < counts["heads"][i]:
             index = torch.tensor(sorted(keep["heads"][i]), dtype=torch.long)
@@ -318,7 +320,7 @@ def apply_structure(model: nn.Module, record: dict[str, list[int]]) -> nn.Module
         wanted = record.get(kind)
         if not isinstance(wanted, list) or len(wanted) != len(counts[kind]) or \
                 any(not isinstance(n, int) or not 0 <= n <= full for n, full in zip(wanted, counts[kind])):
-            raise ValueError(f"prunelab_structure[{kind!r}] must give 0..{max(counts[kind])} units for each of the "
+            raise InputError(f"prunelab_structure[{kind!r}] must give 0..{max(counts[kind])} units for each of the "
                              f"{len(counts[kind])} layers; got {wanted!r}")
         keep[kind] = [list(range(n)) for n in wanted]
     return remove_units(model, keep)
@@ -374,7 +376,7 @@ def loadable_config(config: dict) -> tuple[dict, dict[str, list[int]] | None]:
     fields = (units.heads_field, units.ffn_field) if units else ()
     if not isinstance(record, dict) or any(not isinstance(record.get(f), int) for f in fields) or \
             any(not isinstance(record.get(kind), list) for kind in UNIT_KINDS) or units is None:
-        raise ValueError(f"{STRUCTURE_KEY} in config.json must hold 'heads' and 'ffn' lists and the full "
+        raise InputError(f"{STRUCTURE_KEY} in config.json must hold 'heads' and 'ffn' lists and the full "
                          f"{' and '.join(fields) or 'sizes'}; re-save the model with prunelab")
     restored = {**config, **{f: record[f] for f in fields}, STRUCTURE_KEY: {k: record[k] for k in UNIT_KINDS}}
     return restored, restored[STRUCTURE_KEY]

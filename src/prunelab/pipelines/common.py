@@ -25,6 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..artifact import resolve_model_path
 from ..config import versions
 from ..io import read_json, write_json
+from ..errors import InputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def check_number(flag: str, value, *, low: float | None = None, high: float | No
     if not ok:
         bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
         bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
-        raise ValueError(f"{flag} {value!r} must be {'a whole number' if integer else 'a number'}"
+        raise InputError(f"{flag} {value!r} must be {'a whole number' if integer else 'a number'}"
                          + (f" {' and '.join(bounds)}" if bounds else ""))
 
 
@@ -108,7 +109,7 @@ class RunOptions:
         check_number("--seed", self.seed, low=0, high=2**32 - 1, integer=True)
         check_number("--logging-steps", self.logging_steps, low=1, integer=True)
         if self.fp16 and self.bf16:
-            raise ValueError("--fp16 and --bf16 exclude each other; pass one")
+            raise InputError("--fp16 and --bf16 exclude each other; pass one")
         _check_report_to(self.report_to)
 
     def trainer_kwargs(self) -> dict:
@@ -124,7 +125,7 @@ def _check_report_to(report_to: str) -> None:
     names = [n.strip() for n in str(report_to).split(",") if n.strip()]
     unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK and n not in ("none", "all")]
     if not names or unknown:
-        raise ValueError(f"--report-to {report_to!r}: unknown integration {unknown[0] if unknown else ''!r}; allowed: "
+        raise InputError(f"--report-to {report_to!r}: unknown integration {unknown[0] if unknown else ''!r}; allowed: "
                          f"none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))} (comma-separated)")
 
 
@@ -216,11 +217,11 @@ def prepare_run_dir(options, *, overwrite: bool, resume: bool) -> tuple[Path, di
 
 def _prepare(out: Path, options, *, overwrite: bool, resume: bool) -> dict | None:
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} exists and is not a directory; choose another --out")
+        raise OutputExistsError(f"output {out} exists and is not a directory; choose another --out")
     finished = None
     if out.is_dir() and any(out.iterdir()):
         if not (resume or overwrite):
-            raise FileExistsError(f"output directory {out} is not empty; pass --resume to continue that run, --overwrite "
+            raise OutputExistsError(f"output directory {out} is not empty; pass --resume to continue that run, --overwrite "
                                   "to replace it, or choose another --out")
         if resume:
             _check_same_run(out, options)
@@ -262,7 +263,7 @@ def on_main_process(work):
 def _check_same_run(out: Path, options) -> None:
     path = out / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"{out} holds no {CONFIG_FILE}; it is not a prunelab run directory: choose another --out")
+        raise InputError(f"{out} holds no {CONFIG_FILE}; it is not a prunelab run directory: choose another --out")
     recorded = read_json(path, "run config")
     now = fingerprint(options)
     before = recorded.get("fingerprint")
@@ -273,7 +274,7 @@ def _check_same_run(out: Path, options) -> None:
     differ = sorted({k for part in ("config", "files") for k in set(before.get(part, {})) | set(now[part])
                      if before.get(part, {}).get(k) != now[part].get(k)})
     if differ:
-        raise ValueError(f"--resume: {out} holds a run with other settings or inputs ({', '.join(differ)} differ); "
+        raise InputError(f"--resume: {out} holds a run with other settings or inputs ({', '.join(differ)} differ); "
                          "pass the same settings, --overwrite to start afresh, or another --out")
 
 

@@ -35,6 +35,7 @@ from ..methods.kd_losses import DistillSettings, DistillWeights, distill_terms, 
 from ..pruner import Pruner
 from .common import check_number, last_checkpoint, optimizer_steps, training_arguments
 from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
+from ..errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ class DistillConfig(GlueOptions, DistillSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"--temperature {self.temperature} must be > 0; 1 is the plain softmax, higher softens both distributions")
+            raise InputError(f"--temperature {self.temperature} must be > 0; 1 is the plain softmax, higher softens both distributions")
         if not (isinstance(self.prune_end, (int, float)) and 0.0 < self.prune_end <= 1.0):
-            raise ValueError(f"--prune-end {self.prune_end} must be in (0, 1]: the fraction of training by which the "
+            raise InputError(f"--prune-end {self.prune_end} must be in (0, 1]: the fraction of training by which the "
                              "sparsity is reached, e.g. 0.7")
         check_number("--prune-every", self.prune_every, low=1, integer=True)
         check_number("--weight-decay", self.weight_decay, low=0)
@@ -78,7 +79,7 @@ def distill_prune(cfg: DistillConfig, *, resume: bool = False, overwrite: bool =
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None:
-        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
+        raise InputError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     teacher, mapping = _load_teacher(cfg, task, student_config, tokenizer) if cfg.teacher is not None else (None, None)
 
     def summary(best: dict) -> dict:
@@ -100,29 +101,29 @@ def _load_teacher(cfg: DistillConfig, task: Task, student_config, tokenizer) -> 
     try:
         teacher, teacher_tokenizer = load_model(cfg.teacher)
     except FileNotFoundError:
-        raise FileNotFoundError(f"--teacher {cfg.teacher!r} is not a directory; pass a dense classifier fine-tuned on "
+        raise MissingInputError(f"--teacher {cfg.teacher!r} is not a directory; pass a dense classifier fine-tuned on "
                                 f"{task.name} (e.g. OUT/model of `prunelab finetune --save-model`), or none for the baseline") from None
     kind = type(teacher).__name__
     if not kind.endswith("ForSequenceClassification"):
-        raise ValueError(f"--teacher {cfg.teacher!r} is a {kind}, not a sequence classifier; pass a model fine-tuned "
+        raise InputError(f"--teacher {cfg.teacher!r} is a {kind}, not a sequence classifier; pass a model fine-tuned "
                          f"on {task.name} (e.g. OUT/model of `prunelab finetune --save-model`)")
     if teacher.config.num_labels != task.num_labels:
-        raise ValueError(f"--teacher {cfg.teacher!r} has {teacher.config.num_labels} labels, {task.name} has "
+        raise InputError(f"--teacher {cfg.teacher!r} has {teacher.config.num_labels} labels, {task.name} has "
                          f"{task.num_labels}; pass a teacher fine-tuned on {task.name}")
     same_vocab = (teacher_tokenizer.get_vocab() == tokenizer.get_vocab() if teacher_tokenizer is not None
                   else teacher.config.vocab_size == student_config.vocab_size)
     if not same_vocab:
-        raise ValueError(f"--teacher {cfg.teacher!r} has another vocabulary than the student {cfg.model!r}; teacher and "
+        raise InputError(f"--teacher {cfg.teacher!r} has another vocabulary than the student {cfg.model!r}; teacher and "
                          "student must share the tokenizer")
     weights, mapping = cfg.weights(), None
     if weights.attention > 0 or weights.hidden > 0:
         mapping = layer_map(student_config.num_hidden_layers, teacher.config.num_hidden_layers)  # raises for a deeper student
     if weights.hidden > 0 and teacher.config.hidden_size != student_config.hidden_size:
-        raise ValueError(f"student hidden size {student_config.hidden_size} != teacher hidden size {teacher.config.hidden_size}; "
+        raise InputError(f"student hidden size {student_config.hidden_size} != teacher hidden size {teacher.config.hidden_size}; "
                          "hidden-state distillation needs equal sizes: pass --alpha-hidden 0 or a teacher of the student's width")
     if weights.attention > 0:
         if teacher.config.num_attention_heads != student_config.num_attention_heads:
-            raise ValueError(f"student has {student_config.num_attention_heads} attention heads, teacher "
+            raise InputError(f"student has {student_config.num_attention_heads} attention heads, teacher "
                              f"{teacher.config.num_attention_heads}; pass --alpha-attention 0 or a teacher with as many heads")
         teacher.set_attn_implementation("eager")  # only eager attention returns the attention matrices
     return teacher.eval().requires_grad_(False), mapping

@@ -9,6 +9,7 @@ from ..config import versions
 from ..data.texts import load_texts
 from ..methods.layer_drop import (choose_by_contribution, contribution_scores, drop_layers, inference_seconds, layers_to_drop,
                                   num_layers)
+from ..errors import InputError
 
 
 def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: int | None = None,
@@ -28,12 +29,12 @@ def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: i
     if layers is None:
         if strategy == "contribution":
             if tokenizer is None:
-                raise ValueError(f"the contribution strategy needs a tokenizer and {model!r} has none")
+                raise InputError(f"the contribution strategy needs a tokenizer and {model!r} has none")
             scores = contribution_scores(loaded, tokenizer, texts)
             layers = choose_by_contribution(scores, count=count, threshold=threshold)
         else:
             if count is None:
-                raise ValueError(f"--strategy {strategy} needs --count K")
+                raise InputError(f"--strategy {strategy} needs --count K")
             layers = layers_to_drop(n, strategy, count)
     if tokenizer is not None:
         batch = tokenizer(texts[:16], padding=True, truncation=True, max_length=128, return_tensors="pt")

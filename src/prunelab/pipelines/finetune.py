@@ -23,6 +23,7 @@ from ..integrations.hf_trainer import attach, quiet
 from ..pruner import Pruner
 from .common import check_number, last_checkpoint, optimizer_steps_per_epoch, training_arguments
 from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
+from ..errors import InputError
 
 
 @dataclass(kw_only=True)
@@ -39,9 +40,9 @@ class FinetuneConfig(GlueOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.masks not in ("held", "free"):
-            raise ValueError(f"--masks {self.masks!r} is not allowed; use held (pruned) or free (information deletion)")
+            raise InputError(f"--masks {self.masks!r} is not allowed; use held (pruned) or free (information deletion)")
         if (self.prune_after_epochs is None) != (self.sparsity is None):
-            raise ValueError("--prune-after-epochs and --sparsity go together (the pruned-after-fine-tuning regime); "
+            raise InputError("--prune-after-epochs and --sparsity go together (the pruned-after-fine-tuning regime); "
                              "to fine-tune an already pruned model pass its directory as MODEL")
         if self.sparsity is not None:
             PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope)  # validates all three

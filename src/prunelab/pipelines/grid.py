@@ -25,6 +25,7 @@ from ..data.glue import Task, get_task, load_task
 from ..io import read_json
 from .common import (METRICS_FILE, ListDataset, RunOptions, check_number, is_main_process, prepare_run_dir, run_log,
                      write_json_once)
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class GlueOptions(RunOptions):
         super().__post_init__()
         get_task(self.task)
         if not isinstance(self.lrs, list) or not self.lrs:
-            raise ValueError(f"--lr {self.lrs} must be a comma-separated list of positive learning rates, e.g. 2e-5,3e-5")
+            raise InputError(f"--lr {self.lrs} must be a comma-separated list of positive learning rates, e.g. 2e-5,3e-5")
         for lr in self.lrs:
             check_number("--lr", lr, low=0, low_open=True)
         check_number("--epochs", self.epochs, low=0, low_open=True)
@@ -178,7 +179,7 @@ def load_data(cfg: GlueOptions, task: Task, tokenizer=None) -> tuple[dict[str, L
         tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else load_model(cfg.model)[1]
         check_vocabulary(tokenizer, cfg)
     if tokenizer is None:
-        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
+        raise InputError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     return {name: encode(rows, tokenizer, cfg.max_seq_len, task.is_regression) for name, rows in splits.items()}, tokenizer
 
 
@@ -186,7 +187,7 @@ def check_vocabulary(tokenizer, cfg: RunOptions) -> None:
     """A tokenizer with more entries than ``cfg.model`` has embeddings would index past them in the forward pass."""
     vocab = int(getattr(load_config(cfg.model)[1], "vocab_size", 0) or 0)
     if tokenizer is not None and vocab and len(tokenizer) > vocab:
-        raise ValueError(f"--tokenizer {cfg.tokenizer or cfg.model!r} has {len(tokenizer)} entries, but model {cfg.model!r} "
+        raise InputError(f"--tokenizer {cfg.tokenizer or cfg.model!r} has {len(tokenizer)} entries, but model {cfg.model!r} "
                          f"has {vocab} embeddings; pass the tokenizer the model was trained with")
 
 

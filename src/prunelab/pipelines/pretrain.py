@@ -31,6 +31,7 @@ from ..integrations.hf_trainer import attach, quiet
 from ..pruner import Pruner
 from .common import (METRICS_FILE, ListDataset, RunOptions, check_number, is_main_process, last_checkpoint, prepare_run_dir,
                      run_log, training_arguments, write_json_once)
+from ..errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +69,19 @@ class PretrainConfig(RunOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.corpus and not self.dataset:
-            raise ValueError("no pre-training text: pass --corpus FILE [FILE ...] or --dataset NAME[:CONFIG]")
+            raise InputError("no pre-training text: pass --corpus FILE [FILE ...] or --dataset NAME[:CONFIG]")
         if isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps < 1:
-            raise ValueError(f"--steps {self.steps} must be >= 1")
+            raise InputError(f"--steps {self.steps} must be >= 1")
         check_number("--steps", self.steps, low=1, integer=True)
         if self.prune_end is None:
             self.prune_end = min(10_000, self.steps)
         if self.schedule not in ("cubic", "oneshot"):
-            raise ValueError(f"--schedule {self.schedule!r} is not allowed; use cubic or oneshot")
+            raise InputError(f"--schedule {self.schedule!r} is not allowed; use cubic or oneshot")
         check_number("--prune-end", self.prune_end, low=0, integer=True)
         if self.prune_end > self.steps:
-            raise ValueError(f"--prune-end {self.prune_end} is beyond --steps {self.steps}; the schedule would not reach the sparsity")
+            raise InputError(f"--prune-end {self.prune_end} is beyond --steps {self.steps}; the schedule would not reach the sparsity")
         if not self.dev_file and not (isinstance(self.dev_fraction, float) and 0.0 < self.dev_fraction < 1.0):
-            raise ValueError(f"--dev-fraction {self.dev_fraction} must be in (0, 1), or pass --dev-file")
+            raise InputError(f"--dev-fraction {self.dev_fraction} must be in (0, 1), or pass --dev-file")
         check_number("--lr", self.lr, low=0, low_open=True)
         for flag, value in (("--warmup-steps", self.warmup_steps), ("--head-warmup-steps", self.head_warmup_steps)):
             check_number(flag, value, low=0, integer=True)
@@ -142,10 +143,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     """Run `cfg` and return what ``<out>/metrics.json`` holds (a finished run resumed is not run again)."""
     for path in [*cfg.corpus, *cfg.dev_file]:  # checked, like the model, before the run directory exists
         if not Path(path).is_file():
-            raise FileNotFoundError(f"corpus file {path} not found; pass existing text files to --corpus / --dev-file")
+            raise MissingInputError(f"corpus file {path} not found; pass existing text files to --corpus / --dev-file")
     load_config(cfg.model)
     if cfg.tokenizer and load_tokenizer(cfg.tokenizer) is None:
-        raise ValueError(f"--tokenizer {cfg.tokenizer!r} holds no tokenizer files; pass a tokenizer directory")
+        raise InputError(f"--tokenizer {cfg.tokenizer!r} holds no tokenizer files; pass a tokenizer directory")
     out, finished = prepare_run_dir(cfg, overwrite=overwrite, resume=resume)
     if finished is not None:
         logger.warning("%s already finished; nothing to do", out)
@@ -166,11 +167,11 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
     if tokenizer is None:
-        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
+        raise InputError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     train = ListDataset([{"input_ids": b} for b in to_blocks(train_lines, tokenizer, cfg.max_seq_len)])
     dev = _mask_once(to_blocks(dev_lines, tokenizer, cfg.max_seq_len)[: cfg.max_dev_blocks], tokenizer, cfg.mlm_probability, cfg.seed)
     if len(train) == 0 or len(dev) == 0:
-        raise ValueError(f"the corpus gives {len(train)} training and {len(dev)} dev blocks of {cfg.max_seq_len} tokens; provide more text")
+        raise InputError(f"the corpus gives {len(train)} training and {len(dev)} dev blocks of {cfg.max_seq_len} tokens; provide more text")
     collate = _collate(DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability))
 
     # 3. a model without an MLM head gets a fresh one

@@ -9,6 +9,7 @@ from ..config import versions
 from ..methods.structured import CRITERIA, SCOPES, prune_units, remove_units, unit_counts
 from ..targets import architecture, base_model
 from .common import check_number
+from ..errors import InputError
 
 
 def importance_batches(model: str, tokenizer, task: str, data_dir: str | None, *, samples: int, batch_size: int,
@@ -22,7 +23,7 @@ def importance_batches(model: str, tokenizer, task: str, data_dir: str | None, *
 
     spec = get_task(task)
     if tokenizer is None:
-        raise ValueError(f"the importance criterion tokenizes task data and {model!r} has no tokenizer")
+        raise InputError(f"the importance criterion tokenizes task data and {model!r} has no tokenizer")
     rows = subsample(load_task(spec, data_dir)["train"], samples, seed)
     data = encode(rows, tokenizer, max_seq_len, spec.is_regression)
     collate = DataCollatorWithPadding(tokenizer)
@@ -44,18 +45,18 @@ def prune_structured(model: str, out: str, *, heads: float = 0.0, ffn: float = 0
     check_number("--heads", heads, low=0.0, high=1.0)
     check_number("--ffn", ffn, low=0.0, high=1.0)
     if criterion not in CRITERIA:
-        raise ValueError(f"unknown --criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
+        raise InputError(f"unknown --criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
     if scope not in SCOPES:
-        raise ValueError(f"unknown --scope {scope!r}; allowed: {', '.join(SCOPES)}")
+        raise InputError(f"unknown --scope {scope!r}; allowed: {', '.join(SCOPES)}")
     if criterion == "importance" and not task:
-        raise ValueError("--criterion importance needs task data: give --task (and --data-dir)")
+        raise InputError("--criterion importance needs task data: give --task (and --data-dir)")
     if criterion == "from-masks" and threshold is None:
-        raise ValueError("--criterion from-masks needs --threshold F: a unit whose weights are pruned to at least F goes")
+        raise InputError("--criterion from-masks needs --threshold F: a unit whose weights are pruned to at least F goes")
     if criterion == "from-masks" and (heads or ffn):
-        raise ValueError("--heads and --ffn do not apply to --criterion from-masks, which removes every unit pruned "
+        raise InputError("--heads and --ffn do not apply to --criterion from-masks, which removes every unit pruned "
                          "to at least --threshold; drop them")
     if criterion != "from-masks" and threshold is not None:
-        raise ValueError(f"--threshold applies to --criterion from-masks only, not {criterion}; drop it")
+        raise InputError(f"--threshold applies to --criterion from-masks only, not {criterion}; drop it")
     if threshold is not None:
         check_number("--threshold", threshold, low=0.0, high=1.0)
     check_number("--samples", samples, low=1, integer=True)
@@ -64,7 +65,7 @@ def prune_structured(model: str, out: str, *, heads: float = 0.0, ffn: float = 0
     net = loaded.model
     architecture(net)  # an unsupported model type fails here, before any work
     if criterion == "from-masks" and not loaded.masks:
-        raise ValueError(f"--criterion from-masks needs a pruned artifact with masks; {model!r} has none")
+        raise InputError(f"--criterion from-masks needs a pruned artifact with masks; {model!r} has none")
     batches, scored = None, net
     if criterion == "importance":
         scored, batches = importance_batches(model, loaded.tokenizer, task, data_dir, samples=samples,

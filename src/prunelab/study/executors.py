@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .plan import Run
 from .spec import Resources
+from ..errors import InputError
 
 
 class LocalExecutor:
@@ -60,7 +61,7 @@ class RayExecutor:
             try:
                 import ray
             except ImportError:
-                raise ValueError("the ray executor needs Ray: pip install 'prunelab[ray]'") from None
+                raise InputError("the ray executor needs Ray: pip install 'prunelab[ray]'") from None
             if not ray.is_initialized():
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
             self.ray = ray

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..io import save_figure
 from .tables import REGIME_LABELS
+from ..errors import InputError
 
 
 def figure_1(data: dict, path: Path) -> None:
@@ -146,5 +147,5 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("the report's figures need matplotlib: pip install 'prunelab[plots]'") from None
+        raise InputError("the report's figures need matplotlib: pip install 'prunelab[plots]'") from None
     return plt

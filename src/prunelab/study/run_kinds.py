@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..io import read_json
 from .spec import StudySpec
+from ..errors import InputError
 
 if TYPE_CHECKING:
     from .plan import Run
@@ -85,7 +86,7 @@ def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run,
         info = drop_and_save(source["model"], str(work / "model"), strategy=strategy, count=count)
     except ValueError as err:  # e.g. a count the model cannot spare: say which setting to change
         where = f" in {spec.source}" if spec.source else ""
-        raise ValueError(f"cannot drop {count} layers of {spec.model!r} by {strategy}: {err}; "
+        raise InputError(f"cannot drop {count} layers of {spec.model!r} by {strategy}: {err}; "
                          f"change [layer_drop] counts or strategies{where}") from None
     keep = ("dropped", "layers_before", "layers_after", "contribution_scores", "params_before", "params_after",
             "seconds_before", "seconds_after", "timing_batch")

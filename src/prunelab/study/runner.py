@@ -28,6 +28,7 @@ from .executors import EXECUTORS
 from .plan import Run, expand
 from .run_kinds import RUN_KINDS
 from .spec import SECTIONS, StudySpec, spec_dict
+from ..errors import InputError, MissingInputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +47,21 @@ def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | No
     if path.is_file():
         existing, recorded_data = open_study(root)  # read as today's spec: a section added since then takes its defaults
         if {**spec_dict(existing), "source": ""} != {**record["spec"], "source": ""}:
-            raise ValueError(f"{root} holds study {existing.name!r} with a different spec; use another --out")
+            raise InputError(f"{root} holds study {existing.name!r} with a different spec; use another --out")
         if recorded_data != data_dir:
             how = f"pass --data {recorded_data}" if recorded_data else "unset PRUNELAB_DATA and pass no --data"
-            raise ValueError(f"{root} holds study {existing.name!r} run on data {recorded_data or 'from the hub'}, not "
+            raise InputError(f"{root} holds study {existing.name!r} run on data {recorded_data or 'from the hub'}, not "
                              f"{data_dir or 'from the hub'}; {how} to resume it, or use another --out")
         made_with = read_json(path, "study record").get("versions")  # absent in a study.json of an older prunelab
         if made_with is not None and made_with != record["versions"]:  # its table would mix runs computed differently
-            raise ValueError(f"{root} holds study {existing.name!r} run with {_listed(made_with)}, not {_listed(record['versions'])}; "
+            raise InputError(f"{root} holds study {existing.name!r} run with {_listed(made_with)}, not {_listed(record['versions'])}; "
                              "resume it with those versions, or use another --out")
         (root / "runs").mkdir(exist_ok=True)
         return root
     if root.exists() and not root.is_dir():
-        raise FileExistsError(f"output {root} exists and is not a directory; choose another --out")
+        raise OutputExistsError(f"output {root} exists and is not a directory; choose another --out")
     if root.exists() and any(p.name != "runs" or any(p.iterdir()) for p in root.iterdir()):
-        raise FileExistsError(f"output directory {root} is not empty and holds no study; choose another --out")
+        raise OutputExistsError(f"output directory {root} is not empty and holds no study; choose another --out")
     root.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
     (root / "runs").mkdir(exist_ok=True)
@@ -75,7 +76,7 @@ def open_study(root: str | os.PathLike) -> tuple[StudySpec, Path | None]:
     """The spec and data directory recorded in `root`; sections missing from an older study.json take defaults."""
     path = Path(root) / STUDY_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{root} is not a study directory (no {STUDY_FILE}); create it with prunelab study run SPEC --out DIR")
+        raise MissingInputError(f"{root} is not a study directory (no {STUDY_FILE}); create it with prunelab study run SPEC --out DIR")
     record = read_json(path, "study record")
     raw = dict(record["spec"])
     # ranges as an older prunelab allowed them (e.g. [pretrain] prune_end = 0 for "all steps"): only new specs are strict
@@ -87,7 +88,7 @@ def run_dir(root: Path, run_id: str) -> Path:
     """``<root>/runs/<run_id>``, checked to stay inside ``runs/`` whatever the id holds."""
     runs = Path(root) / "runs"
     if (runs / run_id).resolve().parent != runs.resolve():
-        raise ValueError(f"run id {run_id!r} does not name a directory inside {runs}; the study spec is malformed")
+        raise InputError(f"run id {run_id!r} does not name a directory inside {runs}; the study spec is malformed")
     return runs / run_id
 
 
@@ -228,9 +229,9 @@ def run_study(spec: StudySpec, root: str | os.PathLike, *, data_dir: Path | None
               jobs: int = 1, retry_failed: bool = False, address: str | None = None, progress: bool = True) -> dict:
     """Run every pending run of `spec` in `root` whose dependencies are done; return the status counts."""
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+        raise InputError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if jobs < 1:
-        raise ValueError(f"--jobs {jobs} must be >= 1")
+        raise InputError(f"--jobs {jobs} must be >= 1")
     root = init_study_dir(spec, root, data_dir or spec.data_dir())
     clear_stale_claims(root)
     runs = expand(spec)

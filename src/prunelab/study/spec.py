@@ -29,6 +29,7 @@ from ..methods.layer_drop import STRATEGIES
 from ..methods.structured import SCOPES as UNIT_SCOPES
 from ..scores import CRITERIA
 from ..select import SCOPES
+from ..errors import InputError, MissingInputError
 
 # How each regime is planned lives in plan.REGIMES; these are their names, in the order they are documented.
 REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop", "structured", "adapt",
@@ -189,55 +190,55 @@ class StudySpec:
         where = f" in {self.source}" if self.source else ""
         bad = [s for s in self.sparsities if not 0.0 <= s <= 1.0]
         if not self.sparsities or bad:
-            raise ValueError(f"sparsities{where} must be a non-empty list of fractions in [0, 1]; got {self.sparsities}")
+            raise InputError(f"sparsities{where} must be a non-empty list of fractions in [0, 1]; got {self.sparsities}")
         unknown = [r for r in self.regimes if r not in REGIMES]
         if unknown or not self.regimes:
-            raise ValueError(f"unknown regime {unknown[0] if unknown else None!r}{where}; allowed: {', '.join(REGIMES)}")
+            raise InputError(f"unknown regime {unknown[0] if unknown else None!r}{where}; allowed: {', '.join(REGIMES)}")
         if self.criterion not in CRITERIA or self.scope not in SCOPES:
-            raise ValueError(f"criterion {self.criterion!r} / scope {self.scope!r}{where}: allowed criteria "
+            raise InputError(f"criterion {self.criterion!r} / scope {self.scope!r}{where}: allowed criteria "
                              f"{', '.join(sorted(CRITERIA))}, scopes {', '.join(SCOPES)}")
         for task in self.finetune.tasks:
             try:
                 get_task(task)
             except ValueError as err:
-                raise ValueError(f"[finetune] tasks{where}: {err}") from None
+                raise InputError(f"[finetune] tasks{where}: {err}") from None
         if not self.finetune.lrs or not self.finetune.seeds:
-            raise ValueError(f"[finetune] lrs and seeds{where} must not be empty")
+            raise InputError(f"[finetune] lrs and seeds{where} must not be empty")
         self._check_layer_drop(where)
         self._check_structured(where)
         if not self.adapt.lrs or any(lr <= 0 for lr in self.adapt.lrs):
-            raise ValueError(f"[adapt] lrs{where} must be a non-empty list of positive learning rates, e.g. [1e-3]")
+            raise InputError(f"[adapt] lrs{where} must be a non-empty list of positive learning rates, e.g. [1e-3]")
 
     def _check_layer_drop(self, where: str) -> None:
         strategies, counts = self.layer_drop.strategies, self.layer_drop.counts
         for key, value in (("strategies", strategies), ("counts", counts)):
             if not isinstance(value, list):
-                raise ValueError(f"[layer_drop] {key}{where} must be a list (got {value!r})")
+                raise InputError(f"[layer_drop] {key}{where} must be a list (got {value!r})")
         unknown = [s for s in strategies if s not in STRATEGIES]
         if unknown or not strategies or len(set(strategies)) < len(strategies):
             got = f"unknown strategy {unknown[0]!r}" if unknown else f"got {strategies}"
-            raise ValueError(f"[layer_drop] strategies{where}: {got}; give a non-empty list without repeats "
+            raise InputError(f"[layer_drop] strategies{where}: {got}; give a non-empty list without repeats "
                              f"from {', '.join(STRATEGIES)}")
         bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 1]
         if bad or not counts or len(set(counts)) < len(counts):
             got = f"count {bad[0]!r}" if bad else f"got {counts}"
-            raise ValueError(f"[layer_drop] counts{where}: {got}; give a non-empty list without repeats of whole "
+            raise InputError(f"[layer_drop] counts{where}: {got}; give a non-empty list without repeats of whole "
                              "numbers >= 1 (layers to drop, fewer than the model has)")
 
     def _check_structured(self, where: str) -> None:
         st = self.structured
         if st.criterion not in STUDY_UNIT_CRITERIA or st.scope not in UNIT_SCOPES:
-            raise ValueError(f"[structured] criterion {st.criterion!r} / scope {st.scope!r}{where}: allowed criteria "
+            raise InputError(f"[structured] criterion {st.criterion!r} / scope {st.scope!r}{where}: allowed criteria "
                              f"{', '.join(STUDY_UNIT_CRITERIA)} (importance and from-masks: prunelab prune-structured), "
                              f"scopes {', '.join(UNIT_SCOPES)}")
         pairs = (st.heads, st.ffn)
         if any(not isinstance(v, list) for v in pairs) or len(st.heads) != len(st.ffn) or not st.heads or any(
                 isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1 for v in pairs for f in v) or \
                 len(set(zip(st.heads, st.ffn))) < len(st.heads):
-            raise ValueError(f"[structured] heads {st.heads!r} and ffn {st.ffn!r}{where}: give two lists of the same "
+            raise InputError(f"[structured] heads {st.heads!r} and ffn {st.ffn!r}{where}: give two lists of the same "
                              "length of fractions in [0, 1] (model i removes heads[i] and ffn[i]), no pair twice")
         if any(h >= 1 for h in st.heads):
-            raise ValueError(f"[structured] heads{where}: 1.0 removes every head; the study keeps one per layer, "
+            raise InputError(f"[structured] heads{where}: 1.0 removes every head; the study keeps one per layer, "
                              "so use fractions below 1")
 
     def data_dir(self, override: str | None = None) -> Path | None:
@@ -258,20 +259,20 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
     """Read a study TOML strictly: an unknown key or section is an error naming it and the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"study spec {path} not found")
+        raise MissingInputError(f"study spec {path} not found")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path} is not valid TOML: {err}") from None
+        raise InputError(f"{path} is not valid TOML: {err}") from None
     sections = {}
     for name, cls in SECTIONS.items():
         table = raw.pop(name, {})
         if not isinstance(table, dict):
-            raise ValueError(f"[{name}] in {path} must be a table")
+            raise InputError(f"[{name}] in {path} must be a table")
         sections[name] = from_dict(cls, table, str(path), section=name)
     for key in ("name", "model", "sparsities"):
         if key not in raw:
-            raise ValueError(f"{path} lacks the required key {key!r}")
+            raise InputError(f"{path} lacks the required key {key!r}")
     return from_dict(StudySpec, {**raw, **sections, "source": str(path)}, str(path))
 
 
