@@ -46,11 +46,23 @@ def test_exported_models_match_pytorch_on_other_shapes(tmp_path, model_type, how
 
 
 def test_export_refuses_a_wrong_or_existing_path(tmp_path, capsys):
-    tiny_model("bert").save_pretrained(tmp_path / "m")
+    model = tiny_model("bert")
+    model.save_pretrained(tmp_path / "m")
     assert main(["export-onnx", str(tmp_path / "m"), "--out", str(tmp_path / "m.txt")]) == 2
     assert "must name a .onnx file" in capsys.readouterr().err and not (tmp_path / "m.txt").exists()
     (tmp_path / "m.onnx").write_text("mine")
     assert main(["export-onnx", str(tmp_path / "m"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "exists" in capsys.readouterr().err and (tmp_path / "m.onnx").read_text() == "mine"
     assert main(["export-onnx", str(tmp_path / "m"), "--out", str(tmp_path / "m.onnx"), "--overwrite"]) == 0
-    assert onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    # the overwritten file is the model's graph: its inputs, its one output, and PyTorch's values on another shape
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert [o.name for o in session.get_outputs()] == ["output"]
+    ids = torch.randint(5, 60, (3, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+    assert len(got) == 1 and got[0].shape == want.shape == (3, 9, 32)
+    assert np.abs(got[0] - want).max() < 1e-4

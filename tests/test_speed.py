@@ -21,7 +21,7 @@ def pruned_tiny(sparsity: float = 0.9, head: str = "cls"):
     return model
 
 
-@pytest.mark.parametrize("mode", ["csr", "bsr", "auto"])
+@pytest.mark.parametrize("mode", ["csr", "bsr"])
 def test_sparse_execution_keeps_the_outputs(mode):
     model = pruned_tiny()
     inputs = batch("bert")
@@ -40,6 +40,50 @@ def test_sparse_execution_keeps_the_outputs(mode):
     with torch.no_grad():
         got = model(**inputs).logits
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def fake_timer(dense: float, dense_again: float, **layouts: float):
+    """A ``time_layer`` stand-in returning fixed medians (seconds), and the calls it got."""
+    calls = []
+
+    def timer(linear, shape, layouts_asked, repeats=7, drop_hopeless=True):
+        calls.append({"shape": tuple(linear.weight.shape), "input": shape, "layouts": list(layouts_asked),
+                      "drop_hopeless": drop_hopeless})
+        return {"dense": dense, "dense_again": dense_again, **{k: layouts[k] for k in layouts_asked if k in layouts}}
+
+    return timer, calls
+
+
+@pytest.mark.parametrize("sparsity, medians, choice, why", [
+    (0.9, {"dense": 1.0, "dense_again": 1.0, "csr": 0.5, "coo": 0.8}, "csr", "csr faster beyond the noise floor"),
+    (0.9, {"dense": 1.0, "dense_again": 1.0, "csr": 0.98, "coo": 1.5}, "dense", "beyond the noise floor (3.0%"),
+    (0.9, {"dense": 1.0, "dense_again": 1.2, "csr": 0.85, "coo": 0.9}, "dense", "beyond the noise floor (20.0%"),
+    (0.9, {"dense": 1.0, "dense_again": 1.0}, "dense", "no sparse layout available"),
+    (0.2, {"dense": 1.0, "dense_again": 1.0, "csr": 0.1}, "dense", "sparsity below 30%"),
+])
+def test_auto_switches_only_beyond_the_noise_floor(sparsity, medians, choice, why):
+    """``auto`` with fixed medians: a sparse layout 2x faster is chosen; one within the noise floor (the larger of
+    NOISE_MARGIN and the dense-vs-dense difference) is not; a layer too dense is not even timed."""
+    model = pruned_tiny(sparsity)
+    inputs = batch("bert")
+    with torch.no_grad():
+        want = model(**inputs).logits
+    timer, calls = fake_timer(**medians)
+    sparse_execution(model, inputs, mode="auto", timer=timer)
+    report = model.prunelab_execution
+    assert len(report) == 13 and {r["choice"] for r in report} == {choice}
+    assert all(why in r["why"] for r in report), [r["why"] for r in report]
+    swapped = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    assert len(swapped) == (13 if choice == "csr" else 0) and all(m.layout == "csr" for m in swapped)
+    if sparsity < 0.3:
+        assert calls == []
+    else:  # every target linear timed on its input shape, with the CPU's candidates, hopeless ones dropped
+        assert len(calls) == 13 and all(c["layouts"] == ["csr", "coo"] and c["drop_hopeless"] for c in calls)
+        assert all(c["input"][-1] == c["shape"][1] for c in calls)
+    if choice == "csr":
+        assert all(r["ratio"] == 0.5 and r["dense_ms"] == 1e3 and r["chosen_ms"] == 500.0 for r in report)
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, want, atol=1e-5)
 
 
 def test_sparse_execution_mode_dense_only_reports():

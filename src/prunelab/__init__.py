@@ -21,7 +21,8 @@ from .targets import ARCHITECTURES, KINDS, Target, resolve_targets  # noqa: E402
 # Loaded on first use: they import transformers' model and Trainer code (seconds), which the core does not need.
 _LAZY = {"from_pretrained": "artifact", "prune": "artifact", "save_artifact": "artifact",
          "PruningCallback": "integrations.hf_trainer", "attach": "integrations.hf_trainer",
-         "sparse_execution": "execution", "prune_units": "methods.structured", "measure_speed": "speed"}
+         "sparse_execution": "execution", "dense_execution": "execution", "prune_units": "methods.structured",
+         "measure_speed": "speed"}
 
 
 def __getattr__(name: str):
@@ -34,6 +35,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "ARCHITECTURES", "KINDS", "Pruner", "PruningCallback", "PruningConfig", "Target", "attach", "compute_masks",
-    "from_pretrained", "is_update_step", "load_masks", "measure_speed", "prune", "prune_units", "resolve_targets",
-    "save_artifact", "save_masks", "sparse_execution", "sparsity_at", "sparsity_report",
+    "dense_execution", "from_pretrained", "is_update_step", "load_masks", "measure_speed", "prune", "prune_units",
+    "resolve_targets", "save_artifact", "save_masks", "sparse_execution", "sparsity_at", "sparsity_report",
 ]

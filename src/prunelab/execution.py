@@ -8,8 +8,13 @@ when its best sparse layout beats the dense one by more than the noise floor (tw
 against each other); otherwise it stays dense, and the report says so. No kernel is written here.
 
 The model is changed in place (its chosen ``nn.Linear`` modules become ``SparseLinear``) and returned; the report,
-one dict per target linear layer, is ``model.prunelab_execution``. A model with sparse layers is for inference:
-save it before, not after.
+one dict per target linear layer, is ``model.prunelab_execution``. A model with sparse layers keeps its state-dict keys
+and values: ``state_dict``/``save_pretrained`` write each sparse weight dense under its ``nn.Linear`` name (plain
+``transformers`` loads the checkpoint), ``load_state_dict`` re-sparsifies a loaded weight in the layer's layout, and
+``.to(dtype or device)``, ``.half()``, ``.double()`` and ``copy.deepcopy`` carry the sparse weights along.
+``dense_execution(model)`` turns every ``SparseLinear`` back into an ``nn.Linear``. The sparse weights are not in
+``parameters()`` (inference kernels, not trainable): train a model before ``sparse_execution`` or after
+``dense_execution``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,46 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}"
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        # The sparse weight is a plain attribute, not a parameter, so torch would leave it out: write it dense, and
+        # first, as nn.Linear does, so the keys, their order and their values are the dense model's.
+        destination[prefix + "weight"] = self.weight.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+        else:
+            dense = state_dict[key].detach()
+            if tuple(dense.shape) != (self.out_features, self.in_features):
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(dense.shape)} from "
+                                  f"checkpoint, the shape in current model is "
+                                  f"{(self.out_features, self.in_features)}.")
+            elif self.layout == "semi_structured" and not is_two_four(dense != 0):
+                # to_sparse_semi_structured would keep 2 of each 4 weights whatever they are: refuse, never lose any
+                error_msgs.append(f"{key} is not 2:4 sparse, so the 2:4 semi-structured layer cannot hold it; call "
+                                  "prunelab.dense_execution(model) before loading a weight of another pattern.")
+            else:
+                self.weight = sparse_weight(dense.to(self.weight.device, self.weight.dtype), self.layout)
+        rest = {k: v for k, v in state_dict.items() if k != key}  # torch would call the weight an unexpected key
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to``, ``.double``, ``.half``, ``.cuda`` and the like: torch applies `fn` to parameters and buffers only,
+        so the sparse weight is densified, given `fn` and re-sparsified in its layout; the bias stays a parameter."""
+        # converted before anything changes, so a layout that cannot hold the result leaves this layer as it was
+        try:
+            weight = sparse_weight(fn(self.weight.to_dense()), self.layout)
+        except (RuntimeError, NotImplementedError) as err:  # e.g. 2:4 semi-structured moved off CUDA or to float32
+            raise InputError(f"the {self.layout} layer {self.extra_repr()} cannot hold its converted weight ({err}); "
+                             "call prunelab.dense_execution(model) before converting it, then sparse_execution "
+                             "again") from err
+        super()._apply(fn, recurse)
+        self.weight = weight
+        return self
 
     def __deepcopy__(self, memo: dict) -> SparseLinear:
         """A copy with its own weight: ``copy.deepcopy`` cannot copy CSR or BSR tensors (it reaches for their
@@ -103,7 +148,8 @@ def is_two_four(mask: torch.Tensor) -> bool:
     return bool((mask.reshape(*mask.shape[:-1], -1, 4).sum(-1) <= 2).all())
 
 
-def _median_seconds(fn, repeats: int, sync: bool) -> list[float]:
+def _timings(fn, repeats: int, sync: bool) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, in order (the caller takes the median)."""
     out = []
     for _ in range(repeats):
         if sync:
@@ -125,7 +171,7 @@ def time_layer(linear: nn.Linear, shape: tuple[int, ...], layouts: list[str], re
     sync = linear.weight.is_cuda
     linear(x)  # warm-up
     variants = {"dense": linear, "dense_again": linear}
-    first = {name: _median_seconds(lambda: linear(x), 1, sync)[0] for name in variants}
+    first = {name: _timings(lambda: linear(x), 1, sync)[0] for name in variants}
     for layout in layouts:
         try:
             candidate = SparseLinear(linear, layout)
@@ -133,17 +179,18 @@ def time_layer(linear: nn.Linear, shape: tuple[int, ...], layouts: list[str], re
         except (RuntimeError, NotImplementedError) as err:  # a layout this build or device does not support
             logger.info("layout %s unavailable for %s: %s", layout, tuple(linear.weight.shape), err)
             continue
-        first[layout] = _median_seconds(lambda: candidate(x), 1, sync)[0]
+        first[layout] = _timings(lambda: candidate(x), 1, sync)[0]
         if not drop_hopeless or first[layout] <= 2.0 * min(first["dense"], first["dense_again"]):
             variants[layout] = candidate  # else hopeless: not worth the repeats
     times: dict[str, list[float]] = {name: [first[name]] for name in variants}
     for _ in range(repeats - 1):
         for name, fn in variants.items():
-            times[name] += _median_seconds(lambda: fn(x), 1, sync)
+            times[name] += _timings(lambda: fn(x), 1, sync)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto", repeats: int = 7) -> nn.Module:
+def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto", repeats: int = 7, *,
+                     timer=time_layer) -> nn.Module:
     """Give each pruned target linear layer of `model` the fastest execution measured on `example_inputs`'s shapes.
 
     Args:
@@ -152,6 +199,9 @@ def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto",
         mode: ``auto`` (measure, switch only where faster), ``dense`` (report only), or ``csr``/``coo``/``bsr``
             (force that layout on every pruned target linear layer).
         repeats: Timings per variant and layer (medians are compared).
+        timer: Called as ``timer(linear, input_shape, layouts, repeats, drop_hopeless=...)``; returns median seconds
+            by variant (``dense``, ``dense_again`` and each layout it could run), like ``time_layer``, the default.
+            Tests pass fixed medians so the choice does not depend on the machine's noise.
 
     Returns:
         `model`, with ``model.prunelab_execution``: one dict per target linear layer (name, shape, sparsity,
@@ -193,7 +243,7 @@ def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto",
             row["why"] = f"sparsity below {MIN_SPARSITY:.0%}"
         else:
             layouts = [mode] if mode in ("csr", "coo", "bsr") else candidate_layouts(weight)
-            medians = time_layer(linear, shapes[name], layouts, repeats, drop_hopeless=mode == "auto")
+            medians = timer(linear, shapes[name], layouts, repeats, drop_hopeless=mode == "auto")
             noise = abs(medians["dense_again"] / medians["dense"] - 1.0)
             sparse = {k: v for k, v in medians.items() if k not in ("dense", "dense_again")}
             best = min(sparse, key=sparse.get) if sparse else None
@@ -212,4 +262,29 @@ def sparse_execution(model: nn.Module, example_inputs: dict, mode: str = "auto",
         report.append(row)
         logger.info("%s: %s (%s)", name, row["choice"], row.get("why"))
     model.prunelab_execution = report
+    return model
+
+
+def dense_execution(model: nn.Module) -> nn.Module:
+    """Undo ``sparse_execution``: every ``SparseLinear`` of `model` becomes an ``nn.Linear`` again, with its weight
+    dense (a new parameter) and the same bias parameter; ``model.prunelab_execution`` is removed.
+
+    Args:
+        model: A model given ``sparse_execution`` (or any model: one without ``SparseLinear`` is left as it is);
+            changed in place.
+
+    Returns:
+        `model`, a plain ``transformers`` model again (trainable, and its ``parameters()`` hold every weight).
+    """
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, SparseLinear) or not name:
+            continue
+        weight = module.weight.to_dense()
+        linear = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")  # no init to overwrite
+        linear.weight = nn.Parameter(weight)
+        linear.bias = module.bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+    if "prunelab_execution" in model.__dict__:
+        del model.prunelab_execution
     return model
