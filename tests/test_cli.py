@@ -160,3 +160,43 @@ def test_ctrl_c_says_what_is_true_of_the_output(monkeypatch, capsys, argv, targe
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert says in err and "nothing was written" not in err.replace("nothing was written (O", "") and err.count("\n") == 1
+
+
+def test_an_internal_error_shows_its_traceback_not_a_one_line_message(bert_dir, monkeypatch, capsys):
+    """A bug's KeyError once printed as `error: 'dev'` and nothing else."""
+    def buggy(*args, **kwargs):
+        return {}["dev"]
+
+    from prunelab.cli import inspect_cmd
+
+    monkeypatch.setattr(inspect_cmd, "inspect", buggy)
+    assert main(["inspect", str(bert_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'return {}["dev"]' in err
+    assert "prunelab inspect: internal error (KeyError: 'dev'); this is a bug in prunelab" in err.splitlines()[-1]
+
+
+def test_a_deliberate_error_is_one_line_and_an_os_error_names_its_path(bert_dir, tmp_path, capsys):
+    assert prune_cli(bert_dir, "--sparsity", 2, "--out", tmp_path / "x") == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert prune_cli(bert_dir, "--sparsity", 0.5, "--out", a_file / "out") == 2  # the OS refuses to make the directory
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "[Errno" in err and str(a_file) in err and "internal error" not in err
+
+
+def test_a_checkpoint_prunelab_refuses_shows_only_prunelabs_line(bert_dir, tmp_path):
+    """transformers' load report (7 lines) once came first; in a subprocess, so that its own stderr handler writes."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(bert_dir / "model.safetensors")
+    del weights["bert.encoder.layer.1.attention.self.query.weight"]
+    save_file(weights, bert_dir / "model.safetensors", metadata={"format": "pt"})
+    result = subprocess.run([sys.executable, "-m", "prunelab", "inspect", str(bert_dir)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"prunelab inspect: error: checkpoint {str(bert_dir)!r} lacks the prunable weight "
+        "'bert.encoder.layer.1.attention.self.query.weight'; it is partial or does not match its config: re-save it with "
+        "save_pretrained"]

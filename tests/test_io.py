@@ -50,10 +50,10 @@ def test_a_kill_between_any_two_directory_operations_is_recovered(tmp_path, step
     # never a mix, never nothing where something was: the new version once it was complete, else the old (if any)
     committed = DIRECTORY_STEPS.index(step) >= 1
     expected = {"new"} if committed else {"old"} if replacing else None
-    assert ({p.read_text() for p in out.iterdir()} if out.exists() else None) == expected
+    assert ({p.read_text() for p in out.iterdir() if p.name != io.OUTPUT_MARKER} if out.exists() else None) == expected
     assert [p.name for p in tmp_path.iterdir()] == (["artifact"] if expected else [])  # no .tmp/.new/.old leftovers
     write_version(out, "next")  # and the next write works
-    assert {p.read_text() for p in out.iterdir()} == {"next"}
+    assert {p.read_text() for p in out.iterdir() if p.name != io.OUTPUT_MARKER} == {"next"}
 
 
 def test_leftovers_of_a_live_writer_are_left_alone(tmp_path):
@@ -87,7 +87,8 @@ def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next
     import dataclasses
 
     from prunelab.study import run_kinds
-    from prunelab.study.runner import claim, clear_stale_claims, init_study_dir, run_dir, status_of, study_status
+    from prunelab.study import claims
+    from prunelab.study.runner import clear_stale_claims, init_study_dir, run_dir, status_of, study_status
     from prunelab.study.plan import expand
     from prunelab.study.spec import load_spec
     from study_fixtures import make_study
@@ -106,7 +107,7 @@ def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next
     def attempt():
         from prunelab.study.runner import execute_claimed
 
-        assert claim(root, run.id)
+        assert claims.take(run_dir(root, run.id)) is not None
         execute_claimed(root, run.id)
 
     killed_at(step, attempt)
@@ -116,7 +117,7 @@ def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next
     clear_stale_claims(root)  # as the next `study run` does first
     record = json.loads((run_dir(root, run.id) / "result.json").read_text())
     assert record["id"] == run.id and status_of(root, run) == "done"
-    assert study_status(root)["failed"] == 0 and not (run_dir(root, run.id) / "claim.json").exists()
+    assert study_status(root)["failed"] == 0 and not list(run_dir(root, run.id).glob("claim-*.json"))
     assert not list(run_dir(root, run.id).glob(".*"))  # no temporary files left behind
 
 

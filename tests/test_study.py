@@ -49,7 +49,36 @@ def test_plan_expands_runs_with_shared_pretraining():
     assert items["pretrain-s0.00"]["used_by"] == 5 * 4 * (1 + 9)
     assert items["finetune-information_deletion-s0.30-cola-lr3e-05-seed42"]["depends_on"] == ["pretrain-magnitude-s0.30"]
     assert items["finetune-random-s0.30-cola-lr3e-05-seed42"]["depends_on"] == ["pretrain-random-s0.30"]
-    assert [r.id for r in expand(spec)] == [r.id for r in expand(load_spec(REPO / "studies" / "compressing-bert.toml"))]
+    ids = [r.id for r in expand(spec)]
+    assert len(set(ids)) == len(ids)  # one run per id
+    # ids are stable across versions (a resumed study finds its runs): the forms of every kind, as written by 0.1.0
+    assert {"pretrain-s0.00", "pretrain-magnitude-s0.90", "pretrain-random-s0.10", "finetune-dense-s0.00-cola-lr4e-05-seed42",
+            "finetune-pruned_after_finetuning-s0.10-cola-lr2e-05-seed42"} <= set(ids)
+
+
+def test_distinct_values_never_share_a_run_id(tmp_path):
+    """0.12 and 0.125 once formatted as one id (s0.12): the 12.5% row vanished from Table 1."""
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text('name="x"\nmodel="m"\nsparsities=[0.0, 0.12, 0.125]\nregimes=["pruned", "structured"]\n'
+                         '[finetune]\ntasks=["RTE"]\nlrs=[1e-4, 1.00000001e-4]\n'
+                         '[structured]\nheads=[0.25, 0.255]\nffn=[0.5, 0.5]\n')
+    runs = expand(load_spec(spec_file))
+    ids = [r.id for r in runs]
+    assert len(set(ids)) == len(ids)
+    assert {"pretrain-magnitude-s0.12", "pretrain-magnitude-s0.125", "structured-magnitude-h0.25-f0.50",
+            "structured-magnitude-h0.255-f0.50"} <= set(ids)
+    assert {r.params["sparsity"] for r in runs if r.kind == "pretrain"} == {0.0, 0.12, 0.125}
+    assert sum(r.kind == "finetune" and r.params.get("sparsity") == 0.125 for r in runs) == 2  # both learning rates
+
+
+def test_a_plan_that_would_merge_two_runs_is_refused(monkeypatch, tmp_path):
+    from prunelab.study import plan
+
+    monkeypatch.setattr(plan, "_s", lambda sparsity: "s0.1")  # an id format that loses digits
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text('name="x"\nmodel="m"\nsparsities=[0.12, 0.125]\nregimes=["pruned"]\n')
+    with pytest.raises(ValueError, match="plans two runs as 'pretrain-magnitude-s0.1': sparsity 0.12 and 0.125"):
+        expand(load_spec(spec_file))
 
 
 def test_plan_cli_on_the_shipped_specs(capsys):
@@ -151,7 +180,7 @@ def _wait_for(condition, timeout=300):
 def test_kill_9_at_several_points_then_resume_gives_the_same_table(tmp_path, reference):
     spec = make_study(tmp_path)
     out = tmp_path / "out"
-    claims = lambda: list((out / "runs").glob("*/claim.json")) if (out / "runs").is_dir() else []  # noqa: E731
+    claims = lambda: list((out / "runs").glob("*/claim-*.json")) if (out / "runs").is_dir() else []  # noqa: E731
     points = [lambda: bool(claims()), lambda: results(out) >= 3 and bool(claims()), lambda: results(out) >= 6]
     for point in points:  # kill inside the first run, inside a later run, and between runs
         proc = _runner(spec, out)
@@ -161,7 +190,7 @@ def test_kill_9_at_several_points_then_resume_gives_the_same_table(tmp_path, ref
     assert results(out) < 8
     assert main(["study", "run", str(spec), "--out", str(out)]) == 0
     assert same_table(out, reference[1])  # same numbers as the uninterrupted study
-    assert not list(out.glob("runs/*/claim.json")) and not list(out.glob("**/*.tmp*"))
+    assert not list(out.glob("runs/*/claim-*.json")) and not list(out.glob("**/*.tmp*"))
     attempts = {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("runs/*/attempts.log")}
     assert max(attempts.values()) >= 2 and len(attempts) == 8  # some runs were restarted after a kill
 

@@ -11,7 +11,8 @@ import transformers
 from prunelab.cli import main
 from prunelab.study.plan import describe, expand
 from prunelab.study.report import write_report
-from prunelab.study.runner import claim, execute_claimed, init_study_dir, open_study, study_status
+from prunelab.study import claims
+from prunelab.study.runner import execute_claimed, init_study_dir, open_study, run_dir, study_status
 from prunelab.study.spec import LayerDropSpec, load_spec
 from study_fixtures import make_study
 
@@ -178,7 +179,7 @@ def test_too_many_layers_fails_that_run_clearly_and_the_report_marks_it(study, t
     record = json.loads((out / "study.json").read_text())
     record["spec"]["layer_drop"]["counts"] = [1, 2, 4]  # the tiny BERT has 4 layers: 4 cannot be dropped
     (out / "study.json").write_text(json.dumps(record))
-    assert claim(out, "droplayers-top-k4") and execute_claimed(out, "droplayers-top-k4") == "failed"
+    assert claims.take(run_dir(out, "droplayers-top-k4")) and execute_claimed(out, "droplayers-top-k4") == "failed"
     error = json.loads((out / "runs" / "droplayers-top-k4" / "error.json").read_text())["error"]
     assert error.startswith("ValueError: cannot drop 4 layers") and "between 1 and 3 (the model has 4 layers" in error
     assert f"change [layer_drop] counts or strategies in {record['spec']['source']}" in error

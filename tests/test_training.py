@@ -223,49 +223,51 @@ def torchrun(*argv) -> "subprocess.CompletedProcess":
     return result
 
 
+def torchrun_script(script, *argv):
+    """``python -m torch.distributed.run --standalone --nproc-per-node 2 SCRIPT ARGV``, as ``torchrun`` above."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(script), *map(str, argv)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 RANK_SCRIPT = """
 import os, sys, time
 from pathlib import Path
-if os.environ["RANK"] == "1" and sys.argv[3] == "late":  # this rank starts late: 1.5 s after the main process has
-    config = Path(sys.argv[1]) / "run_config.json"       # prepared the directory, or (if it waits for this rank) 8 s
-    for _ in range(80):
-        if config.is_file():
-            break
-        time.sleep(0.1)
-    time.sleep(1.5)
+if os.environ["RANK"] == "1" and sys.argv[3] == "late":  # this rank starts late: once the main process's run_config.json
+    config = Path(sys.argv[1]) / "run_config.json"       # is over 1.5 s old (the old code then waited for a newer one
+    deadline = time.monotonic() + 8                       # for ever), or never if the main process waits for this rank
+    while time.monotonic() < deadline and not (config.is_file() and time.time() - config.stat().st_mtime > 1.5):
+        time.sleep(0.05)
 from prunelab.pipelines.common import RunOptions, prepare_run_dir
 try:
     out, finished = prepare_run_dir(RunOptions(model="m", out=sys.argv[1]), overwrite=False, resume=sys.argv[2] == "resume")
-    print("ok", finished)
+    print(os.environ["RANK"], "ok", finished)
 except Exception as error:
-    print(type(error).__name__, error)
+    print(os.environ["RANK"], type(error).__name__, error)
 """
 
 
 def test_ranks_follow_the_main_process_however_late_they_start(tmp_path):
-    """Two ranks launched as torchrun launches them (RANK, WORLD_SIZE, MASTER_ADDR/PORT). A rank that starts seconds
-    after the main process prepared the run directory still follows it (it once waited for a newer file until it
-    timed out: the hang of a loaded CI machine); it gets the main process's resumed metrics, and its error."""
-    import socket
-    import subprocess
-    import sys
-
+    """Two ranks launched by torchrun (RANK, WORLD_SIZE, its own rendezvous port). A rank that starts well after the
+    main process prepared the run directory still follows it (it once waited for a newer file until it timed out:
+    the hang of a loaded CI machine); it gets the main process's resumed metrics, and its error."""
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
 
     def launch(mode, start):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), mode, start],
-                                  env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, text=True) for r in (0, 1)]
-        return [r.communicate(timeout=120)[0].strip().splitlines()[-1] for r in ranks]
+        result = torchrun_script(script, tmp_path / "run", mode, start)
+        by_rank = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line[:2] in ("0 ", "1 "))
+        assert set(by_rank) == {"0", "1"}, (result.stdout, result.stderr[-3000:])
+        return [by_rank["0"], by_rank["1"]]
 
     assert launch("fresh", "late") == ["ok None", "ok None"]
     assert (tmp_path / "run" / "run_config.json").is_file()
     refused = launch("fresh", "together")  # not empty, no --resume: the main process refuses, and the other rank with it
-    assert refused[0] == refused[1] and refused[0].startswith("FileExistsError output directory") and "--resume" in refused[0]
+    assert refused[0] == refused[1] and refused[0].startswith("OutputExistsError output directory") and "--resume" in refused[0]
     (tmp_path / "run" / "metrics.json").write_text('{"dev_score": 0.5}')
     assert launch("resume", "together") == ["ok {'dev_score': 0.5}"] * 2  # the finished run's metrics, read by the main process
 

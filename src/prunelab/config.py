@@ -177,6 +177,13 @@ def _check_range(cls: type, key: str, value: Any, name: str) -> None:
             raise InputError(f"{name}: {'each value ' if isinstance(value, list) else ''}must be {bounds} (got {value!r})")
 
 
+def label(value: float, spec: str = ".2f") -> str:
+    """`value` as a name's part (a run id, a directory): in format `spec`, or, where that format would give two
+    different numbers one name (0.12 and 0.125 as ``0.12``), in every digit Python needs to read it back."""
+    text = format(value, spec)
+    return text if float(text) == value else repr(float(value))
+
+
 def versions() -> dict[str, str]:
     """Versions of prunelab, torch and transformers, saved with every result."""
     import torch

@@ -1,7 +1,12 @@
-"""The one atomic writer: every file prunelab writes appears whole or not at all.
+"""The one atomic writer, and the one policy for output directories.
 
-Each writer fills a temporary sibling ``.<name>.tmp-<pid>`` and renames it over the target (``os.replace`` is
-atomic on POSIX and Windows), so a reader, or a run resumed after a kill, never sees a half-written file.
+Every file prunelab writes appears whole or not at all: each writer fills a temporary sibling
+``.<name>.tmp-<pid>`` and renames it over the target (``os.replace`` is atomic on POSIX and Windows), so a reader,
+or a run resumed after a kill, never sees a half-written file.
+
+Every output directory prunelab writes holds a marker file (``OUTPUT_MARKER``). ``check_output_dir`` is the one
+rule for an ``--out``: it may be absent or empty; a non-empty one is replaced only with ``--overwrite`` and only
+if prunelab wrote it; and it never is, holds or lies inside one of the command's inputs.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
-from .errors import InputError
+from .errors import InputError, OutputExistsError
 
 # A test hook: called with a step's name between the file operations of ``atomic_directory`` and of the study
 # runner, so that tests can kill the process exactly there (``os._exit``) and check what the next run recovers.
@@ -23,6 +28,60 @@ def step(name: str) -> None:
     """Mark the place between two file operations named `name` (see ``crash_point``)."""
     if crash_point is not None:
         crash_point(name)
+
+
+# -- output directories ------------------------------------------------------------------------------
+
+OUTPUT_MARKER = ".prunelab"
+# The record files that directories of an older prunelab (before the marker) hold: they too are prunelab's.
+RECORD_FILES = ("prunelab.json", "run_config.json", "study.json")
+
+
+def mark_output(directory: str | os.PathLike) -> None:
+    """Mark `directory` as written by prunelab (what lets ``--overwrite`` replace it later)."""
+    from . import __version__
+
+    write_text(Path(directory) / OUTPUT_MARKER, f"written by prunelab {__version__}; --overwrite may replace this directory\n")
+
+
+def written_by_prunelab(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds prunelab's marker (or the record file of an older prunelab's output)."""
+    return any((Path(directory) / name).is_file() for name in (OUTPUT_MARKER, *RECORD_FILES))
+
+
+def check_apart(out: str | os.PathLike, inputs, flag: str = "--out") -> None:
+    """Raise ``OutputExistsError`` when `out` is, contains, or lies inside one of `inputs` (local paths; hub ids
+    and absent paths are skipped): replacing it would delete an input, or write into one."""
+    target = Path(out).resolve()
+    for item in inputs:
+        if not item or not Path(item).exists():
+            continue
+        source = Path(item).resolve()
+        how = ("is" if target == source else "contains" if target in source.parents else
+               "lies inside" if source in target.parents else None)
+        if how:
+            raise OutputExistsError(f"{flag} {out} {how} the input {item}; choose an {flag} apart from every input")
+
+
+def check_output_dir(out: str | os.PathLike, overwrite: bool, inputs=(), flag: str = "--out") -> Path:
+    """Fail early unless `out` can be written: absent, or an empty directory, or, with `overwrite`, a directory that
+    prunelab wrote (``written_by_prunelab``); and apart from every one of `inputs` (``check_apart``).
+
+    First finishes or undoes a replacement of `out` that a killed writer left behind (``recover_directory``). Writes
+    nothing itself: call it before reading the inputs, and replace `out` only once they are read and checked.
+    """
+    out = Path(out)
+    check_apart(out, inputs, flag)
+    recover_directory(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {out} exists and is not a directory; choose another {flag}")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"output directory {out} is not empty; choose another {flag} or pass --overwrite")
+        if not written_by_prunelab(out):
+            raise OutputExistsError(f"output directory {out} holds files that prunelab did not write (no {OUTPUT_MARKER}); "
+                                    f"--overwrite replaces only prunelab's own outputs: choose another {flag}")
+    return out
 
 
 def dumps(data: dict[str, Any]) -> str:
@@ -94,6 +153,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def set_aside(path: str | os.PathLike) -> Iterator[None]:
+    """Replace the directory `path` by what the block creates there: the old one is renamed to ``.<name>.old-<pid>``
+    before the block and deleted after it, so that a kill at any moment leaves the old directory or the new one
+    (``recover_directory`` restores the old one when the new one was never created)."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.rename(path, old)
+        step("old directory moved aside")
+    yield
+    if old.exists():
+        _remove(old)
+
+
 def remove_dead_temporaries(directory: str | os.PathLike) -> None:
     """Delete the temporary files (``.<name>.tmp-<pid>``) that writers killed mid-write left in `directory`."""
     for entry in Path(directory).glob(".*.tmp-*"):
@@ -147,7 +221,8 @@ def recover_directory(path: str | os.PathLike, own: bool = False) -> None:
 
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary directory to fill; on success it replaces `path` (a directory or nothing)."""
+    """Yield a temporary directory (holding only ``OUTPUT_MARKER``) to fill; on success it replaces `path` (a directory
+    or nothing). Check `path` with ``check_output_dir`` first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path, own=True)
@@ -155,6 +230,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp, new, old = (path.with_name(f".{path.name}.{stage}-{pid}") for stage in ("tmp", "new", "old"))
     tmp.mkdir()
     try:
+        mark_output(tmp)
         yield tmp
     except BaseException:
         _remove(tmp)

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ..artifact import check_out_dir, load_model
+from ..artifact import load_model, resolve_model_path
 from ..config import versions
 from ..data.texts import load_texts
-from ..io import write_json, write_text
+from ..io import check_output_dir, mark_output, write_json, write_text
 from . import figures
 from .common import check_same_architecture, check_tokenizer
 from .features import encode, sensitivity, similarity_curves
@@ -57,7 +57,9 @@ class _Bundle:
 
     def _path(self, name: str) -> Path:
         # Created at the first write, not before: bad input found while computing leaves no empty directory behind.
-        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.out.is_dir():
+            self.out.mkdir(parents=True)
+            mark_output(self.out)
         return self.out / name
 
     def csv(self, name: str, rows: list[dict]) -> None:
@@ -240,7 +242,7 @@ def write_analysis(name: str, out: str | Path, /, *, figure: bool = True, overwr
             ``similarity`` or ``sensitivity``.
         out: Output directory; created at the first write.
         figure: Draw the PNG figures (needs matplotlib).
-        overwrite: Write into `out` even if it is not empty.
+        overwrite: Write into `out` even if it is not empty, when prunelab wrote it (``io.check_output_dir``).
         **inputs: The keyword arguments of the analysis's writer in ``ANALYSES``, e.g. ``model="minilm"``,
             ``sparsities=[0, 0.5]``, ``scope="matrix"`` for ``mass``.
 
@@ -255,7 +257,9 @@ def write_analysis(name: str, out: str | Path, /, *, figure: bool = True, overwr
     """
     if name not in ANALYSES:
         raise InputError(f"unknown analysis {name!r}; choose from {', '.join(ANALYSES)}")
-    bundle = _Bundle(name, check_out_dir(out, overwrite), figure)
+    paths = [v for value in inputs.values() for v in (value if isinstance(value, (list, tuple)) else [value])
+             if isinstance(v, (str, Path))]
+    bundle = _Bundle(name, check_output_dir(out, overwrite, inputs=[resolve_model_path(str(v)) for v in paths]), figure)
     ANALYSES[name](bundle, **inputs)
     logger.info("analysis %s wrote %d files to %s", name, len(bundle.files), bundle.out)
     return AnalysisOutput(bundle.files, bundle.messages)

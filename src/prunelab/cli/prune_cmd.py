@@ -51,6 +51,6 @@ def run(args) -> int:
     if args.compress:
         from ..compressed import compress
 
-        print(summary(compress(args.out, args.out, codec=args.codec, values=args.values, overwrite=True), args.out))
+        print(summary(compress(args.out, args.out, codec=args.codec, values=args.values, in_place=True), args.out))
     return 0
 

@@ -24,6 +24,9 @@ def register(sub) -> None:
     go.add_argument("--jobs", type=int, default=1, help="local executor: runs at a time (each in its own process)")
     go.add_argument("--address", help="ray executor: cluster address (default: start a local Ray instance)")
     go.add_argument("--retry-failed", action="store_true", help="run the failed runs again")
+    go.add_argument("--max-attempts", type=int, default=2, metavar="N",
+                    help="tries of a run whose process dies without a result (killed, out of memory) before it is "
+                         "recorded failed with the tail of its log (default 2)")
     go.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     go.set_defaults(run=run_run)
 
@@ -47,6 +50,7 @@ def register(sub) -> None:
     internal = s.add_parser("exec-run", help=argparse.SUPPRESS)
     internal.add_argument("dir")
     internal.add_argument("run_id")
+    internal.add_argument("--attempt", type=int, default=None)
     internal.set_defaults(run=run_exec)
 
 
@@ -81,7 +85,7 @@ def run_run(args) -> int:
         raise InputError("no data reachable: no --data DIR or PRUNELAB_DATA was given and the Hugging Face hub cannot be "
                          "reached; pass --data DIR holding glue/ (download_glue_data.py layout) and wikitext-2/")
     counts = run_study(spec, args.out, data_dir=data_dir, executor=args.executor, jobs=args.jobs,
-                       retry_failed=args.retry_failed, address=args.address)
+                       retry_failed=args.retry_failed, address=args.address, max_attempts=args.max_attempts)
     print(_counts(counts))
     for run_id, error in counts["failures"].items():
         print(f"  failed {run_id}: {error.splitlines()[0]}")
@@ -116,9 +120,9 @@ def run_report(args) -> int:
 
 
 def run_exec(args) -> int:
-    from ..study.runner import execute_claimed
+    from ..study.execute import execute_claimed
 
-    return 0 if execute_claimed(args.dir, args.run_id) == "done" else 1
+    return 0 if execute_claimed(args.dir, args.run_id, args.attempt) == "done" else 1
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

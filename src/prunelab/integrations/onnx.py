@@ -67,6 +67,10 @@ def export_onnx(model: str, out: str | os.PathLike, *, opset: int | None = None,
     out = Path(out)
     if out.suffix != ".onnx":
         raise InputError(f"--out {str(out)!r} must name a .onnx file")
+    from ..artifact import resolve_model_path
+    from ..io import check_apart
+
+    check_apart(out, [resolve_model_path(model)])  # e.g. --out MODEL/model.onnx would write into the input
     if out.exists() and (out.is_dir() or not overwrite):
         raise InputError(f"--out {str(out)!r} exists; choose another path or pass --overwrite")
     net = from_pretrained(model).model.eval()

@@ -12,8 +12,7 @@ import hashlib
 import logging
 import math
 import os
-import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..artifact import resolve_model_path
 from ..config import versions
-from ..io import read_json, write_json
+from ..io import check_apart, check_output_dir, mark_output, read_json, set_aside, write_json
 from ..errors import InputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -216,23 +215,31 @@ def prepare_run_dir(options, *, overwrite: bool, resume: bool) -> tuple[Path, di
 
 
 def _prepare(out: Path, options, *, overwrite: bool, resume: bool) -> dict | None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} exists and is not a directory; choose another --out")
+    inputs = run_inputs(options)
+    check_apart(out, inputs)
     finished = None
-    if out.is_dir() and any(out.iterdir()):
-        if not (resume or overwrite):
-            raise OutputExistsError(f"output directory {out} is not empty; pass --resume to continue that run, --overwrite "
-                                  "to replace it, or choose another --out")
-        if resume:
-            _check_same_run(out, options)
-            if (out / METRICS_FILE).is_file():
-                finished = read_json(out / METRICS_FILE, "metrics file")
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_FILE, {"config": dataclasses.asdict(options), "fingerprint": fingerprint(options),
-                                    "versions": versions()})
+    begun = out.is_dir() and any(out.iterdir())
+    if begun and resume:
+        _check_same_run(out, options)
+        if (out / METRICS_FILE).is_file():
+            finished = read_json(out / METRICS_FILE, "metrics file")
+    elif begun and not overwrite:
+        raise OutputExistsError(f"output directory {out} is not empty; pass --resume to continue that run, --overwrite "
+                                "to replace it, or choose another --out")
+    else:
+        check_output_dir(out, overwrite, inputs)  # --overwrite replaces only prunelab's own output
+    with set_aside(out) if begun and not resume else nullcontext():  # the old run goes once the new directory exists
+        out.mkdir(parents=True, exist_ok=True)
+        mark_output(out)
+        write_json(out / CONFIG_FILE, {"config": dataclasses.asdict(options), "fingerprint": fingerprint(options),
+                                        "versions": versions()})
     return finished
+
+
+def run_inputs(options) -> list[str]:
+    """The local paths a run reads (model, tokenizer, teacher, data directory, corpus files), aliases resolved."""
+    values = [getattr(options, key, None) for key in PATH_KEYS]
+    return [resolve_model_path(str(v)) for value in values for v in (value if isinstance(value, list) else [value]) if v]
 
 
 def on_main_process(work):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..artifact import check_out_dir, load_model, save_artifact
+from ..artifact import load_model, resolve_model_path, save_artifact
 from ..config import versions
 from ..data.texts import load_texts
 from ..methods.layer_drop import (choose_by_contribution, contribution_scores, drop_layers, inference_seconds, layers_to_drop,
                                   num_layers)
 from ..errors import InputError
+from ..io import check_output_dir
 
 
 def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: int | None = None,
@@ -21,7 +22,7 @@ def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: i
         What ``prunelab.json`` holds: the dropped layers, contribution scores when used, parameters and
         median forward-pass seconds before and after (same batch, same run).
     """
-    check_out_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=[resolve_model_path(model), text])
     loaded, tokenizer = load_model(model)
     n = num_layers(loaded)
     texts = load_texts(text)

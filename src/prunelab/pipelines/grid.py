@@ -20,7 +20,7 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, Trainer, set_seed
 
 from ..artifact import load_config, load_model, load_tokenizer, save_artifact
-from ..config import versions
+from ..config import label, versions
 from ..data.glue import Task, get_task, load_task
 from ..io import read_json
 from .common import (METRICS_FILE, ListDataset, RunOptions, check_number, is_main_process, prepare_run_dir, run_log,
@@ -99,13 +99,13 @@ def run_grid(cfg: GlueOptions, run_one: RunOne, summary: Callable[[dict], dict],
     task = get_task(cfg.task)
     data, tokenizer = load_data(cfg, task, tokenizer)
     out, finished = prepare_run_dir(cfg, overwrite=overwrite, resume=resume)
-    if finished is not None and all((out / f"lr-{lr:g}" / RESULT_FILE).is_file() for lr in cfg.lrs) \
+    if finished is not None and all((out / f"lr-{label(lr, 'g')}" / RESULT_FILE).is_file() for lr in cfg.lrs) \
             and {r["lr"] for r in finished["runs"]} == set(cfg.lrs):
         logger.warning("%s already finished; nothing to do", out)
         return {**finished, "already_finished": True}
     with run_log(out):
         started = time.time()
-        runs = [_run_or_reuse(cfg, run_one, lr, data, tokenizer, out / f"lr-{lr:g}") for lr in cfg.lrs]
+        runs = [_run_or_reuse(cfg, run_one, lr, data, tokenizer, out / f"lr-{label(lr, 'g')}") for lr in cfg.lrs]
         best = max(runs, key=lambda r: r["dev_score"])
         if cfg.save_model and is_main_process():
             _keep_only_best_model(out, runs, best)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..artifact import check_out_dir, from_pretrained, save_artifact
+from ..artifact import from_pretrained, resolve_model_path, save_artifact
 from ..config import versions
 from ..methods.structured import CRITERIA, SCOPES, prune_units, remove_units, unit_counts
 from ..targets import architecture, base_model
 from .common import check_number
 from ..errors import InputError
+from ..io import check_output_dir
 
 
 def importance_batches(model: str, tokenizer, task: str, data_dir: str | None, *, samples: int, batch_size: int,
@@ -60,7 +61,7 @@ def prune_structured(model: str, out: str, *, heads: float = 0.0, ffn: float = 0
     if threshold is not None:
         check_number("--threshold", threshold, low=0.0, high=1.0)
     check_number("--samples", samples, low=1, integer=True)
-    check_out_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=[resolve_model_path(model), data_dir])
     loaded = from_pretrained(model)
     net = loaded.model
     architecture(net)  # an unsupported model type fails here, before any work

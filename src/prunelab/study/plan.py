@@ -29,11 +29,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config import label
 from ..data.glue import get_task
+from ..errors import InputError
 from .run_kinds import RUN_KINDS
 from .spec import REGIMES as REGIME_NAMES
 from .spec import StudySpec
 
+# The parameters a run's id stands for: two runs planned under one id must agree on them.
+IDENTITY = ("sparsity", "heads", "ffn", "strategy", "count", "task", "lr", "seed")
 DENSE_START = ("pruned_after_finetuning", "adapt", "distill", "pruned_during_finetuning")  # start from pretrain-s0.00
 
 
@@ -48,7 +52,7 @@ class Run:
 
 
 def _s(sparsity: float) -> str:
-    return f"s{sparsity:.2f}"
+    return f"s{label(sparsity)}"
 
 
 def pretrain_id(sparsity: float, criterion: str) -> str:
@@ -60,7 +64,7 @@ def droplayers_id(strategy: str, count: int) -> str:
 
 
 def structured_id(criterion: str, heads: float, ffn: float) -> str:
-    return f"structured-{criterion}-h{heads:.2f}-f{ffn:.2f}"
+    return f"structured-{criterion}-h{label(heads)}-f{label(ffn)}"
 
 
 def variant(regime: str, sparsity: float | None = None, strategy: str | None = None, count: int | None = None,
@@ -70,12 +74,12 @@ def variant(regime: str, sparsity: float | None = None, strategy: str | None = N
     if regime == "layer_drop":
         return f"layer_drop-{strategy}-k{count}"
     if regime == "structured":
-        return f"structured-h{heads:.2f}-f{ffn:.2f}"
+        return f"structured-h{label(heads)}-f{label(ffn)}"
     return f"{'dense' if sparsity == 0 else regime}-{_s(sparsity)}"
 
 
 def finetune_id(variant_name: str, task: str, lr: float, seed: int) -> str:
-    return f"finetune-{variant_name}-{task}-lr{lr:g}-seed{seed}"
+    return f"finetune-{variant_name}-{task}-lr{label(lr, 'g')}-seed{seed}"
 
 
 def teacher_id(task: str, seed: int) -> str:
@@ -94,7 +98,11 @@ class _Plan:
         self.spec, self.runs = spec, {}
 
     def add(self, run_id: str, kind: str, params: dict, depends_on: tuple[str, ...] = ()) -> str:
-        self.runs.setdefault(run_id, Run(run_id, kind, params, depends_on))
+        planned = self.runs.setdefault(run_id, Run(run_id, kind, params, depends_on))
+        clash = [k for k in IDENTITY if k in params and k in planned.params and params[k] != planned.params[k]]
+        if clash:  # never one run standing for two (``label`` keeps ids apart; this guards every future id)
+            raise InputError(f"the study plans two runs as {run_id!r}: {clash[0]} {planned.params[clash[0]]!r} and "
+                             f"{params[clash[0]]!r}; make the values of the spec distinct")
         return run_id
 
     def pretrain(self, sparsity: float, criterion: str) -> str:

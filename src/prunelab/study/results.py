@@ -11,7 +11,8 @@ import numpy as np
 from ..data.glue import get_task
 from ..io import read_json
 from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, structured_id, variant
-from .runner import open_study, run_dir, study_status
+from .runner import study_status
+from .study_dir import open_study, run_dir
 
 
 def official_score(result: dict) -> float | None:
