@@ -21,8 +21,6 @@ a freshly built model those shapes, which is how a saved model loads back.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
