@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+import zstandard
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -19,6 +24,7 @@ from glue_fixtures import glue_dir, save_tiny  # noqa: F401
 from prunelab import Pruner, PruningConfig
 from prunelab.cli import main
 from prunelab.compressed import COMPRESSED_FILE, join_planes, read_compressed, split_planes, write_compressed
+from prunelab.errors import InputError
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -167,7 +173,7 @@ def test_damaged_files_are_one_line_errors_naming_file_and_tensor(tmp_path, caps
     damage(tmp_path / "small" / COMPRESSED_FILE, how)
     capsys.readouterr()
     argvs = [["inspect", str(tmp_path / "small")], ["decompress", str(tmp_path / "small"), "--out", str(tmp_path / "x")]]
-    for argv in argvs[:1] if how == "config" else argvs:  # decompress copies tensors; it needs no config
+    for argv in argvs:  # decompress too: config.json bounds its decoding, and a copy that disagrees loads nowhere
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert says in err and (COMPRESSED_FILE in err or how == "config") and err.count("\n") == 1, err
@@ -229,3 +235,168 @@ def test_analyze_and_every_head_class_read_a_compressed_artifact(tmp_path):
     classifier = prunelab.from_pretrained(tmp_path / "small", model_class=transformers.AutoModelForSequenceClassification,
                                           num_labels=3).model
     assert type(classifier).__name__ == "BertForSequenceClassification" and classifier.config.num_labels == 3
+
+
+# -- untrusted files: every allocation bounded before it happens ------------------------------------
+
+FFN_IN = "bert.encoder.layer.0.intermediate.dense.weight"  # sparse, (37, 32) in save_tiny's config.json
+
+
+@functools.cache
+def zero_frame(size: int, declare: bool = True) -> bytes:
+    """A zstd frame of `size` zero bytes, a few KB however large `size` is (compressed 4 MiB at a time)."""
+    compressor = zstandard.ZstdCompressor(level=1, write_content_size=declare).compressobj(size=size if declare else -1)
+    chunk, parts = memoryview(bytes(1 << 22)), []
+    for start in range(0, size, len(chunk)):
+        parts.append(compressor.compress(chunk[: size - start]))
+    return b"".join(parts) + compressor.flush()
+
+
+def frame(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+def compressed_artifact(tmp_path: Path, codec: str = "zstd") -> Path:
+    source = save_tiny(tmp_path / "m")
+    assert main(["prune", str(source), "--sparsity", "0.5", "--compress", "--codec", codec, "--out", str(tmp_path / "small")]) == 0
+    return tmp_path / "small"
+
+
+def rewrite(path: Path, edit) -> None:
+    """Rewrite the compressed file `path` after `edit(table, tensors)` changed its tensor table and stored parts."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    table = json.loads(metadata["tensors"])
+    edit(table, tensors)
+    save_file(tensors, str(path), metadata={**metadata, "tensors": json.dumps(table)})
+
+
+def sparse(key: str, shape: list[int], *, bitmask: bytes | None = None, values: bytes = b""):
+    """An edit giving `key` an empty sparse entry of `shape` whose zstd parts fit it (the checksum does not)."""
+    def edit(table, tensors):
+        table[key] = {**table[FFN_IN], "shape": shape, "nnz": 0}
+        tensors[f"{key}::bitmask"] = frame(zero_frame(math.prod(shape[:-1]) * math.ceil(shape[-1] / 8))
+                                           if bitmask is None else bitmask)
+        tensors[f"{key}::values"] = frame(zstandard.ZstdCompressor().compress(values))
+    return edit
+
+
+CHILD = """
+import resource, sys
+import prunelab
+from prunelab.compressed import read_compressed
+try:
+    {call}
+    print("LOADED")
+except prunelab.errors.InputError as err:
+    print("REFUSED", err)
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.parametrize("how, call, says", [
+    # 100000 x 100000 float32: 40 GB dense, a 1.25 GB bitmask in a 38 KB frame; config.json gives (37, 32)
+    ("shape", "prunelab.from_pretrained(sys.argv[1])", f"tensor {FFN_IN!r} has shape (100000, 100000) but its config.json gives (37, 32)"),
+    # the header's (37, 32) needs a 148-byte bitmask; the frame declares 1.25 GB (no config.json involved)
+    ("frame", "read_compressed(sys.argv[1] + '/' + prunelab.compressed.COMPRESSED_FILE)",
+     f"tensor {FFN_IN!r}: its bitmask frame declares 1250000000 bytes but shape (37, 32)"),
+])
+def test_a_small_crafted_file_is_refused_before_it_allocates(tmp_path, how, call, says):
+    small = compressed_artifact(tmp_path)
+    huge = zero_frame(100_000 * math.ceil(100_000 / 8))
+    if how == "shape":
+        rewrite(small / COMPRESSED_FILE, sparse(FFN_IN, [100_000, 100_000], bitmask=huge))
+    else:
+        rewrite(small / COMPRESSED_FILE, lambda table, tensors: tensors.update({f"{FFN_IN}::bitmask": frame(huge)}))
+    assert (small / COMPRESSED_FILE).stat().st_size < 200_000
+    child = subprocess.run([sys.executable, "-c", CHILD.format(call=call), str(small)], capture_output=True, text=True,
+                           timeout=300)
+    lines = dict(line.split(" ", 1) for line in child.stdout.splitlines() if line.startswith(("REFUSED", "PEAK_KB")))
+    assert "REFUSED" in lines and says in lines["REFUSED"] and COMPRESSED_FILE in lines["REFUSED"], child.stdout + child.stderr
+    assert int(lines["PEAK_KB"]) < 1_500_000, f"peak RSS {int(lines['PEAK_KB']) / 1e6:.2f} GB"  # torch + transformers: ~0.5
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda table, tensors: tensors.update({f"{FFN_IN}::bitmask": frame(zero_frame(37 * 4 + 1))}),
+     "its bitmask frame declares 149 bytes but shape (37, 32) and nnz"),
+    (lambda table, tensors: tensors.update({f"{FFN_IN}::values": frame(zero_frame(10_000))}),
+     "its values frame declares 10000 bytes but shape (37, 32) and nnz"),
+    (lambda table, tensors: table[FFN_IN].update(nnz=37 * 32 + 1), "nnz 1185 is not an integer in 0..1184"),
+    (lambda table, tensors: table[FFN_IN].update(nnz=-1), "nnz -1 is not an integer in 0..1184"),
+    (lambda table, tensors: table[FFN_IN].update(nnz="600"), "nnz '600' is not an integer"),
+    (lambda table, tensors: table[FFN_IN].update(dtype="float8"), "dtype 'float8' is not one of float32, float16"),
+    (lambda table, tensors: table[FFN_IN].update(shape=[-37, -32]), "shape [-37, -32] is not a list of non-negative integers"),
+    (lambda table, tensors: table[FFN_IN].update(shape=[37.0, 32]), "shape [37.0, 32] is not a list of non-negative integers"),
+    (lambda table, tensors: table[FFN_IN].update(layout="coo"), "layout 'coo' with codec 'zstd': allowed are dense or sparse"),
+])
+def test_entries_and_frames_that_disagree_are_refused_naming_the_tensor(tmp_path, edit, says):
+    path = compressed_artifact(tmp_path) / COMPRESSED_FILE
+    rewrite(path, edit)
+    with pytest.raises(InputError) as err:
+        read_compressed(path)
+    assert f"{path}: tensor {FFN_IN!r}: {says}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_frame_without_a_declared_size_decodes_into_a_buffer_of_the_size_its_header_implies(tmp_path):
+    path = compressed_artifact(tmp_path) / COMPRESSED_FILE
+    expected, masks = read_compressed(path)
+    undeclared = zstandard.ZstdCompressor(write_content_size=False)
+    planes = zstandard.ZstdDecompressor().decompress  # the stored frames declare their sizes
+
+    def strip_sizes(table, tensors):
+        for part in ("bitmask", "values"):
+            content = planes(tensors[f"{FFN_IN}::{part}"].numpy().tobytes())
+            tensors[f"{FFN_IN}::{part}"] = frame(undeclared.compress(content))
+            assert zstandard.frame_content_size(tensors[f"{FFN_IN}::{part}"].numpy().tobytes()) == -1
+
+    rewrite(path, strip_sizes)
+    again, masks_again = read_compressed(path)
+    assert torch.equal(again[FFN_IN], expected[FFN_IN]) and torch.equal(masks_again[FFN_IN], masks[FFN_IN])
+    rewrite(path, lambda table, tensors: tensors.update({f"{FFN_IN}::bitmask": frame(zero_frame(10_000_000, declare=False))}))
+    with pytest.raises(InputError, match=f"tensor {FFN_IN!r}: cannot decode"):  # more than 148 bytes: not decoded
+        read_compressed(path)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (sparse(FFN_IN, [40, 32]), f"tensor {FFN_IN!r} has shape (40, 32) but its config.json gives (37, 32)"),
+    (sparse("bert.encoder.layer.7.intermediate.dense.weight", [37, 32]),
+     "tensor 'bert.encoder.layer.7.intermediate.dense.weight' is not a tensor of the model its config.json describes"),
+])
+def test_a_tensor_that_disagrees_with_config_json_is_refused_before_anything_is_decoded(tmp_path, capsys, monkeypatch, edit, says):
+    small = compressed_artifact(tmp_path)
+    rewrite(small / COMPRESSED_FILE, edit)
+    decoded = []
+    decode = prunelab.compressed.decode
+    monkeypatch.setattr(prunelab.compressed, "decode", lambda key, *args: decoded.append(key) or decode(key, *args))
+    prunelab.compressed._LAST_MASKS.clear()
+    for load in (prunelab.from_pretrained, prunelab.artifact.saved_masks):  # saved_masks: inspect's and finetune's
+        with pytest.raises(InputError, match="the config and the weights belong to different models") as err:
+            load(str(small))
+        assert says in str(err.value) and str(small / COMPRESSED_FILE) in str(err.value)
+    capsys.readouterr()
+    assert main(["decompress", str(small), "--out", str(tmp_path / "x")]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert decoded == []
+
+
+def test_decompress_without_config_json_is_refused_before_writing(tmp_path, capsys):
+    small = compressed_artifact(tmp_path)
+    (small / "config.json").unlink()
+    capsys.readouterr()
+    assert main(["decompress", str(small), "--out", str(tmp_path / "plain")]) == 2
+    err = capsys.readouterr().err
+    assert f"{small} has no config.json" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "plain").exists()
+
+
+@pytest.mark.parametrize("values", ["lossless", "fp16"])
+def test_the_model_card_says_bit_identical_only_of_lossless_values(tmp_path, values):
+    small = compressed_artifact(tmp_path)
+    assert main(["compress", str(small), "--values", values, "--out", str(tmp_path / values)]) == 0
+    card = (tmp_path / values / "README.md").read_text()
+    error = json.loads((tmp_path / values / "prunelab.json").read_text())["compressed"]["max_abs_error"]
+    if values == "lossless":
+        assert "bit-identical tensors" in card and error == 0
+    else:
+        assert "bit-identical" not in card and error > 0
+        assert f"lossy: the pruned weights' kept values are stored as fp16, within {error:.3g}" in card

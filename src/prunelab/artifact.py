@@ -25,13 +25,13 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .compressed import COMPRESSED_FILE, DENSE_FILE, is_compressed, load_checkpoint, load_masks_of
 from .config import PruningConfig, versions
-from .io import atomic_directory, read_json, recover_directory, write_json
+from .io import atomic_directory, check_output_dir, read_json, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
 from .methods.structured import STRUCTURE_KEY, apply_structure, loadable_config, saved_config
 from .pruner import Pruner
 from .sparsity import sparsity_report
 from .targets import kind_and_layer, resolve_targets, supported_model_types
-from .errors import InputError, MissingInputError, OutputExistsError
+from .errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
             model_class = AutoModel
     for key, value in kwargs.items():  # e.g. num_labels, problem_type
         setattr(config, key, value)
-    state = load_checkpoint(path)[0] if is_compressed(path) else None  # decoded and checksummed here
+    # decoded and checksummed here, each tensor no larger than the shape config.json gives it
+    state = load_checkpoint(path, checkpoint_shapes(config, model_class))[0] if is_compressed(path) else None
     if (state is not None or hasattr(config, STRUCTURE_KEY)) and hasattr(model_class, "_model_mapping"):
         model_class = model_class._model_mapping[type(config)]  # an Auto class picks its class from a path
     if hasattr(config, STRUCTURE_KEY):
@@ -243,6 +244,32 @@ def _check_shapes(model: str, model_class, config, state: dict[str, torch.Tensor
                                  f"{expected[name]}; the config and the weights belong to different models")
 
 
+def checkpoint_shapes(config, model_class=None) -> dict[str, tuple[int, ...]]:
+    """The shape `config` gives each tensor a checkpoint may hold, by key with and without the base model's prefix
+    (``bert.``), read off models built on the meta device (no memory) of the class ``config.architectures`` names
+    (the one the checkpoint was saved from) and of `model_class` (an Auto class: the class it picks), or of
+    ``AutoModel``'s class when neither is known; structured shapes (``prunelab_structure``) applied. What a
+    compressed checkpoint is checked against before it is decoded (``compressed.read_compressed``)."""
+    architecture = (getattr(config, "architectures", None) or [None])[0]
+    classes = []
+    for cls in (getattr(transformers, architecture, None) if architecture else None, model_class):
+        if hasattr(cls, "_model_mapping"):  # an Auto class: the class it picks for `config`
+            cls = cls._model_mapping[type(config)]
+        if hasattr(cls, "from_pretrained") and cls not in classes:
+            classes.append(cls)
+    shapes, aliases = {}, {}
+    for cls in classes or [AutoModel._model_mapping[type(config)]]:
+        with torch.device("meta"):
+            skeleton = cls(config)
+        if hasattr(config, STRUCTURE_KEY):
+            apply_structure(skeleton, getattr(config, STRUCTURE_KEY))
+        prefix = skeleton.base_model_prefix + "."
+        for name, tensor in skeleton.state_dict().items():
+            shapes[name] = tuple(tensor.shape)
+            aliases[name.removeprefix(prefix) if name.startswith(prefix) else prefix + name] = tuple(tensor.shape)
+    return {**aliases, **shapes}  # a key of a skeleton wins over another's alias
+
+
 def _check_targets_loaded(model: str, loaded, loading: dict) -> None:
     """A prunable weight the checkpoint lacks (transformers would initialise it at random) or holds beyond the
     model is an error. The pooler is the exception: a head class may add a fresh one to a checkpoint without."""
@@ -262,24 +289,11 @@ def _check_targets_loaded(model: str, loaded, loading: dict) -> None:
                              + "; it is partial or does not match its config: re-save it with save_pretrained")
 
 
-def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early unless `out` can be written: absent, an empty directory, or a directory and `overwrite`.
-
-    First finishes or undoes a replacement of `out` that a killed run left behind (``io.recover_directory``).
-    """
-    out = Path(out)
-    recover_directory(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} exists and is not a directory; choose another --out")
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise OutputExistsError(f"output directory {out} is not empty; choose another --out or pass --overwrite")
-    return out
-
-
 def save_artifact(model, tokenizer, masks: dict[str, torch.Tensor] | None, info: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a pruned artifact to `out` atomically (see the module docstring for its files); `masks=None`
-    writes none (e.g. a model with layers dropped)."""
-    out = check_out_dir(out, overwrite)
+    writes none (e.g. a model with layers dropped). A non-empty `out` is replaced only with `overwrite`, and only if
+    prunelab wrote it (``io.check_output_dir``)."""
+    out = check_output_dir(out, overwrite)
     if masks:  # pruned weights as +0.0 bit for bit (training's per-step re-zeroing may leave -0.0)
         with torch.no_grad():
             for t in resolve_targets(model):
@@ -327,8 +341,8 @@ def saved_masks(model: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """The keep masks and ``prunelab.json`` saved with an artifact (``None, {}`` for a plain model)."""
     path = Path(resolve_model_path(model))
     info = read_json(path / INFO_FILE, "artifact info") if (path / INFO_FILE).is_file() else {}
-    if is_compressed(path):
-        return load_masks_of(path), info
+    if is_compressed(path):  # decoded again unless load_model just did, bounded by config.json like load_model
+        return load_masks_of(path, checkpoint_shapes(load_config(str(path))[1])), info
     masks = load_masks(path / MASKS_FILE) if (path / MASKS_FILE).is_file() else None
     return masks, info
 
@@ -353,7 +367,7 @@ def prune(model: str, config: PruningConfig, out: str | os.PathLike, *, overwrit
     Returns:
         The artifact's info (what ``prunelab.json`` holds): source, config, versions, sparsity report.
     """
-    check_out_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=[resolve_model_path(model)])
     loaded, tokenizer = load_model(model)
     pruner = Pruner(loaded, config)
     pruner.update_masks(config.sparsity, step=0)
@@ -395,6 +409,10 @@ def model_card(source: str, info: dict) -> str:
     report = info.get("report", {})
     rows = [f"| {kind} | {v['sparsity']:.1%} |" for kind, v in report.get("by_kind", {}).items()]
     overall = report.get("overall", {}).get("sparsity")
+    values = size.get("values", "lossless")
+    fidelity = ("bit-identical tensors, and the masks" if values == "lossless" else
+                f"lossy: the pruned weights' kept values are stored as {values}, within {size['max_abs_error']:.3g} "
+                "(the largest absolute error) of the source's; every other tensor and the masks exact")
     return "\n".join([
         "---", "library_name: transformers", "tags: [prunelab, pruned, sparse]", "---", "",
         f"# Pruned from `{info.get('source', source)}`", "",
@@ -404,7 +422,7 @@ def model_card(source: str, info: dict) -> str:
         "| kind | sparsity |", "|---|---:|", *rows, "",
         f"Stored as {COMPRESSED_FILE} (codec {size['codec']}): {size['compressed_bytes']:,} bytes, "
         f"{size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense {DENSE_FILE} ({size['dense_bytes']:,} bytes).", "",
-        "Load it with prunelab (bit-identical tensors, and the masks):", "", "```python", "import prunelab",
+        f"Load it with prunelab ({fidelity}):", "", "```python", "import prunelab",
         "model, tokenizer, masks, info = prunelab.from_pretrained(\"THIS_DIRECTORY\")", "```", "",
         "or write a plain copy that `transformers.AutoModel.from_pretrained` loads: "
         "`prunelab decompress THIS_DIRECTORY --out PLAIN`.", ""])

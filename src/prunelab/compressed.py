@@ -1,4 +1,5 @@
-"""Compressed pruned checkpoints: each pruned weight as a bitmask plus its kept values, entropy-coded, bit-exact.
+"""Compressed pruned checkpoints: each pruned weight as a bitmask plus its kept values, entropy-coded, bit-exact
+(unless its values are stored lossy, ``--values fp16|bf16``).
 
 The file ``model.prunelab.safetensors`` (beside ``config.json``, the tokenizer files and ``prunelab.json``) holds,
 for every tensor ``K`` of the model's checkpoint (tied weights once, as ``save_pretrained`` stores them):
@@ -19,6 +20,11 @@ the CRC-32 of its decoded bytes (a sparse tensor: the decoded bitmask's bytes fo
 row-major, little-endian; a dense one: its bytes), which decoding verifies. Version 1 (a SHA-256 of the dense
 tensor's bytes, ``sha256``; the same parts) still reads. Decoding runs one tensor per thread: zstd, numpy, zlib and
 torch release the GIL.
+
+The file is untrusted input: before anything is decoded, every entry is checked against the stored parts
+(``check_entry``: sizes the shape implies, zstd frames' declared content sizes) and, where the caller knows the
+model, against the shapes its config gives (``read_compressed(expected_shapes=...)``), so that decoding allocates
+no more than those shapes' bytes however small the file is.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +109,13 @@ def split_planes(values: torch.Tensor) -> bytes:
 
 def join_planes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
     """Inverse of ``split_planes``: `count` values of `dtype` from their planes."""
+    if len(data) != plane_bytes(dtype, count):
+        raise InputError(f"{len(data)} bytes of value planes for {count} values of {dtype}")
     if dtype not in FLOATS:
         return torch.frombuffer(bytearray(data), dtype=dtype) if count else torch.empty(0, dtype=dtype)
     exp_bits, mant_bits = FLOATS[dtype]
     uint, _ = _INTS[dtype]
     width = math.ceil((1 + mant_bits) / 8)
-    if len(data) != count * (1 + width):
-        raise InputError(f"{len(data)} bytes of value planes for {count} values of {dtype}")
     planes = np.frombuffer(data, dtype=np.uint8).reshape(1 + width, count)
     bits = planes[1].astype(uint)  # in the value's own width: sign and mantissa, then the exponent in between
     for i in range(1, width):
@@ -118,6 +126,13 @@ def join_planes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
     bits |= sign << uint(exp_bits + mant_bits)
     signed_np = {np.uint32: np.int32, np.uint16: np.int16}[uint]
     return torch.from_numpy(bits.view(signed_np)).view(dtype)
+
+
+def plane_bytes(dtype: torch.dtype, count: int) -> int:
+    """The length of ``split_planes`` of `count` values of `dtype`."""
+    if dtype in FLOATS:
+        return count * (1 + math.ceil((1 + FLOATS[dtype][1]) / 8))
+    return count * dtype.itemsize
 
 
 # -- one tensor -------------------------------------------------------------------------------------
@@ -156,18 +171,91 @@ def encode(key: str, weight: torch.Tensor, mask: torch.Tensor | None, codec: str
     return {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in frames.items()}, entry
 
 
-def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dense tensor `key` from its stored tensors and metadata entry, checked against its checksum, and its keep
-    mask (``None`` for a dense tensor).
+def check_entry(key: str, entry, stored: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], torch.dtype, int, int]:
+    """The shape and dtype of tensor `key` from its metadata `entry`, and the bytes its decoded bitmask and values
+    take (``0, 0`` for a dense tensor), checked against the stored parts without decoding them.
+
+    What it checks bounds every allocation of ``decode`` by the shape: ``nnz`` at most the shape's elements; a
+    plain bitmask of exactly the bytes the shape implies; a zstd frame declaring exactly the bytes the shape and
+    ``nnz`` imply (a frame declaring none is decoded into a buffer of that size). It reads frame headers only.
 
     Raises:
-        ValueError: a missing part, a bitmask whose popcount is not the number of values, a failed checksum,
-            naming `source` and the tensor.
+        ValueError: a malformed entry, or a part whose size disagrees with it.
+        KeyError: a missing field or part.
+    """
+    if not isinstance(entry, dict):
+        raise ValueError(f"its metadata entry is a {type(entry).__name__}, not a JSON object; the file is damaged")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"shape {shape!r} is not a list of non-negative integers; the file is damaged or not prunelab's")
+    shape, dtype = tuple(shape), entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}; the file is damaged or not prunelab's")
+    dtype = _DTYPES[dtype]
+    if entry["layout"] not in ("dense", "sparse") or entry["codec"] not in CODECS:
+        raise ValueError(f"layout {entry['layout']!r} with codec {entry['codec']!r}: allowed are dense or sparse, with "
+                         f"{', '.join(CODECS)}; the file is damaged or not prunelab's")
+    if entry["layout"] == "dense":
+        if tuple(stored[key].shape) != shape or stored[key].dtype != dtype:
+            raise ValueError(f"stored as {stored[key].dtype} {tuple(stored[key].shape)} but its entry gives {dtype} "
+                             f"{shape}; the file is damaged")
+        return shape, dtype, 0, 0
+    nnz, numel = entry["nnz"], math.prod(shape)
+    if type(nnz) is not int or not 0 <= nnz <= numel:
+        raise ValueError(f"nnz {nnz!r} is not an integer in 0..{numel}, the elements of shape {shape}; the file is damaged")
+    cols = shape[-1] if shape else 1
+    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    sizes = {"bitmask": rows * math.ceil(cols / 8), "values": plane_bytes(dtype, nnz)}
+    for part, size in sizes.items():
+        stored_part = stored[f"{key}::{part}"]
+        if entry["codec"] == "none":  # the values are in memory already; the popcount check counts them
+            if part == "bitmask" and (stored_part.dtype != torch.uint8 or stored_part.numel() != size):
+                raise ValueError(f"its bitmask is {stored_part.dtype} {tuple(stored_part.shape)} where shape {shape} "
+                                 f"needs {size} bytes of uint8; the file is damaged")
+            continue
+        if stored_part.dtype != torch.uint8 or stored_part.dim() != 1:
+            raise ValueError(f"its {part} is {stored_part.dtype} {tuple(stored_part.shape)}, not a zstd frame (uint8, "
+                             "1-D); the file is damaged")
+        declared = _zstd().frame_content_size(_view(stored_part))
+        if declared != -1 and declared != size:  # -1: no size declared; decode caps the output at `size`
+            raise ValueError(f"its {part} frame declares {declared} bytes but shape {shape} and nnz {nnz} give "
+                             f"{size}; the file is damaged or not prunelab's")
+    return shape, dtype, sizes["bitmask"], sizes["values"]
+
+
+@contextmanager
+def _named(where: str, damaged: InputError | None = None):
+    """Any error inside as one InputError naming `where` (file and tensor); `damaged` already names it."""
+    try:
+        yield
+    except KeyError as err:
+        raise InputError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
+    except ValueError as err:
+        raise (err if err is damaged else InputError(f"{where}: {err}")) from None
+    except Exception as err:  # zstd and numpy raise their own types on damaged frames
+        raise InputError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
+
+
+def _decompress(zstd, frame: torch.Tensor, size: int) -> bytes:
+    """The content of zstd `frame`, which must be `size` bytes; never more are allocated."""
+    data = zstd.decompress(_view(frame), max_output_size=max(size, 1))  # the cap applies where no size is declared
+    if len(data) != size:
+        raise ValueError(f"a frame holds {len(data)} bytes where {size} are expected; the file is damaged")
+    return data
+
+
+def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dense tensor `key` from its stored tensors and metadata entry, checked against its checksum, and its keep
+    mask (``None`` for a dense tensor). The entry is checked first (``check_entry``): no allocation exceeds its shape.
+
+    Raises:
+        ValueError: a missing part, a malformed entry, a bitmask whose popcount is not the number of values, a
+            failed checksum, naming `source` and the tensor.
     """
     where = f"{source}: tensor {key!r}"
     damaged = InputError(f"{where}: the checksum of the decoded tensor fails; the file is damaged")
-    try:
-        shape, dtype = tuple(entry["shape"]), _DTYPES[entry["dtype"]]
+    with _named(where, damaged):
+        shape, dtype, mask_bytes, value_bytes = check_entry(key, entry, stored)
         mask = None
         if entry["layout"] == "dense":
             dense = stored[key]
@@ -179,24 +267,20 @@ def decode(key: str, stored: dict[str, torch.Tensor], entry: dict, source: str) 
             rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
             if entry["codec"] == "zstd":
                 zstd = _zstd().ZstdDecompressor()
-                bitmask = torch.frombuffer(bytearray(zstd.decompress(_view(bitmask))), dtype=torch.uint8)
+                bitmask = torch.frombuffer(bytearray(_decompress(zstd, bitmask, mask_bytes)), dtype=torch.uint8) \
+                    if mask_bytes else torch.empty(0, dtype=torch.uint8)
                 bitmask = bitmask.reshape(rows, math.ceil(cols / 8))
-                values = join_planes(zstd.decompress(_view(values)), dtype, int(entry["nnz"]))
+                values = join_planes(_decompress(zstd, values, value_bytes), dtype, entry["nnz"])
             if "crc32" in entry and crc32(bitmask, values) != entry["crc32"]:
                 raise damaged
             mask = unpack_mask(bitmask, shape)
             kept = int(np.bitwise_count(bitmask.numpy()).sum())  # popcount of the packed bytes (padding bits are 0)
-            if kept != values.numel() or kept != int(entry["nnz"]):
-                raise InputError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored")
+            if kept != values.numel() or kept != entry["nnz"]:
+                raise InputError(f"the bitmask keeps {kept} weights but {values.numel()} values are stored and its "
+                                 f"entry gives nnz {entry['nnz']}")
             dense = torch.zeros(shape, dtype=dtype).masked_scatter_(mask, values.to(dtype))
         if "crc32" not in entry and sha256(dense) != entry["sha256"]:  # format version 1
             raise damaged
-    except KeyError as err:
-        raise InputError(f"{where}: part {err.args[0]!r} is missing; the file is truncated or not prunelab's") from None
-    except ValueError as err:
-        raise (err if err is damaged else InputError(f"{where}: {err}")) from None
-    except Exception as err:  # zstd and numpy raise their own types on damaged frames
-        raise InputError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
     if tuple(dense.shape) != shape:
         raise damaged
     return dense, mask
@@ -231,11 +315,19 @@ def _numel(entry) -> int:
         return 0
 
 
-def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def read_compressed(path: str | os.PathLike, expected_shapes: Mapping[str, tuple[int, ...]] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The dense checkpoint tensors and the keep masks (bool, keyed by checkpoint key) of a compressed file.
 
+    Args:
+        path: The file.
+        expected_shapes: Checkpoint key -> the shape the model's config.json gives it, where the caller knows the
+            model. Every entry is checked before anything is decoded: a tensor of another shape, or a sparse one
+            the model has no key for, is refused, so decoding allocates no more than the model's tensors take.
+
     Raises:
-        ValueError: not a prunelab compressed file, an unknown version, or a damaged tensor, naming file and tensor.
+        ValueError: not a prunelab compressed file, an unknown version, a tensor the model does not have (in that
+            shape), or a damaged tensor, naming file and tensor.
     """
     path = Path(path)
     try:
@@ -253,6 +345,20 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         entries = json.loads(metadata["tensors"])
     except (KeyError, json.JSONDecodeError):
         raise InputError(f"{path} has no readable tensor table; the file is damaged") from None
+    if not isinstance(entries, dict):
+        raise InputError(f"{path} has a tensor table that is a {type(entries).__name__}, not a JSON object; the file is damaged")
+    for key, entry in entries.items():  # every entry before anything is decoded (decode checks its own again: cheap)
+        with _named(f"{path}: tensor {key!r}"):
+            shape = check_entry(key, entry, stored)[0]
+        if expected_shapes is None:
+            continue
+        expected = expected_shapes.get(key)
+        if expected is None and entry["layout"] == "sparse":
+            raise InputError(f"{path}: tensor {key!r} is not a tensor of the model its config.json describes; the "
+                             "config and the weights belong to different models")
+        if expected is not None and tuple(expected) != shape:
+            raise InputError(f"{path}: tensor {key!r} has shape {shape} but its config.json gives {tuple(expected)}; "
+                             "the config and the weights belong to different models")
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # largest first: the threads end together
         keys = sorted(entries, key=lambda k: -_numel(entries[k]))
         decoded = dict(zip(keys, pool.map(lambda k: decode(k, stored, entries[k], str(path)), keys)))
@@ -283,8 +389,10 @@ def checkpoint_masks(model, targets, masks: dict[str, torch.Tensor], keys) -> di
 
 
 def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values: str = "lossless",
-             overwrite: bool = False) -> dict:
-    """Write `source` (a pruned artifact or a model directory with zeros) to `out` as a compressed artifact.
+             overwrite: bool = False, in_place: bool = False) -> dict:
+    """Write `source` (a pruned artifact or a model directory with zeros) to `out` as a compressed artifact; `out`
+    must be apart from `source` (``io.check_output_dir``), except with `in_place` (`out` is `source`, replaced whole
+    and atomically: what ``prunelab prune --compress`` does to the artifact it has just written).
 
     The masks are the artifact's (``masks.safetensors``) or, without one, its zeros. `values` ``fp16``/``bf16``
     casts the pruned weights (lossy); the largest absolute error it introduced is recorded. Returns
@@ -292,8 +400,8 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values
     """
     import shutil
 
-    from .artifact import INFO_FILE, check_out_dir, from_pretrained, model_card, resolve_model_path
-    from .io import atomic_directory, write_json, write_text
+    from .artifact import INFO_FILE, from_pretrained, model_card, resolve_model_path
+    from .io import atomic_directory, check_output_dir, write_json, write_text
     from .targets import resolve_targets
 
     if codec not in CODECS:
@@ -303,13 +411,16 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values
     src = Path(resolve_model_path(source))
     if not (src / DENSE_FILE).is_file() and not is_compressed(src):
         raise InputError(f"{source!r} has no single {DENSE_FILE}; compress reads a directory written by save_pretrained")
-    check_out_dir(out, overwrite)
+    if not in_place:  # in place (``prune --compress``) replaces prunelab's own fresh output by design
+        check_output_dir(out, overwrite, inputs=[src])
     model, _, masks, info = from_pretrained(str(src))
     targets = resolve_targets(model)
     if masks is None:  # a model with zeros and no masks file: its zeros are its masks
         masks = {t.name: model.get_parameter(t.param_name).detach() != 0 for t in targets}
     if is_compressed(src):  # e.g. a lossless artifact stored again with lossy values
-        state = load_checkpoint(src)[0]
+        from .artifact import checkpoint_shapes
+
+        state = load_checkpoint(src, checkpoint_shapes(model.config, type(model)))[0]
     else:
         with safe_open(str(src / DENSE_FILE), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -317,7 +428,7 @@ def compress(source: str, out: str | os.PathLike, *, codec: str = "zstd", values
     names = {key: t.name for t in targets for key in (t.param_name, t.name) if key in by_key}
     error = _cast_values(state, by_key, VALUES[values], source) if VALUES[values] is not None else 0.0
     info = {**info, "source": info.get("source", source)}
-    with atomic_directory(check_out_dir(out, overwrite)) as tmp:
+    with atomic_directory(out) as tmp:
         write_compressed(state, by_key, tmp / COMPRESSED_FILE, codec, targets=names)
         for f in src.iterdir():
             if f.is_file() and f.name not in _NOT_COPIED:
@@ -346,10 +457,12 @@ def _cast_values(state: dict[str, torch.Tensor], sparse: dict, dtype: torch.dtyp
     return error
 
 
-def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The dense checkpoint tensors of a compressed artifact, and its masks keyed by target name."""
+def load_checkpoint(directory: str | os.PathLike, expected_shapes: Mapping[str, tuple[int, ...]] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The dense checkpoint tensors of a compressed artifact, and its masks keyed by target name; `expected_shapes`
+    as in ``read_compressed`` (``artifact.checkpoint_shapes`` gives them)."""
     path = Path(directory) / COMPRESSED_FILE
-    tensors, masks = read_compressed(path)
+    tensors, masks = read_compressed(path, expected_shapes)
     with safe_open(str(path), framework="pt") as f:
         entries = json.loads(f.metadata()["tensors"])
     masks = {entries[key].get("target", key): mask for key, mask in masks.items()}
@@ -358,11 +471,13 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     return tensors, masks
 
 
-def load_masks_of(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The masks of a compressed artifact, keyed by target name (decoded again unless it was the last one loaded)."""
+def load_masks_of(directory: str | os.PathLike, expected_shapes: Mapping[str, tuple[int, ...]] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """The masks of a compressed artifact, keyed by target name (decoded again, bounded by `expected_shapes` as in
+    ``read_compressed``, unless it was the last one loaded)."""
     path = Path(directory) / COMPRESSED_FILE
     cached = _LAST_MASKS.get((str(path.resolve()), path.stat().st_mtime_ns))
-    return cached if cached is not None else load_checkpoint(directory)[1]
+    return cached if cached is not None else load_checkpoint(directory, expected_shapes)[1]
 
 
 def decompress(source: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> dict:
@@ -370,18 +485,24 @@ def decompress(source: str | os.PathLike, out: str | os.PathLike, *, overwrite: 
     ``transformers`` loads. Returns its ``prunelab.json``."""
     import shutil
 
-    from .artifact import INFO_FILE, check_out_dir
-    from .io import atomic_directory, read_json, write_json
+    from .artifact import INFO_FILE
+    from .io import atomic_directory, check_output_dir, read_json, write_json
     from .masks_io import MASKS_FILE, save_masks
 
     src = Path(source)
     if not is_compressed(src):
         raise InputError(f"{source!s} is not a compressed artifact (no {COMPRESSED_FILE}); pass the directory of "
                          "`prunelab compress`")
-    tensors, masks = load_checkpoint(src)
+    if not (src / "config.json").is_file():  # a plain copy without it loads nowhere; the config also bounds decoding
+        raise InputError(f"{source!s} has no config.json; decompress writes a copy that transformers loads, which "
+                         f"needs it: put the model's config.json beside {COMPRESSED_FILE}")
+    check_output_dir(out, overwrite, inputs=[src])
+    from .artifact import checkpoint_shapes, load_config
+
+    tensors, masks = load_checkpoint(src, checkpoint_shapes(load_config(str(src))[1]))
     info = read_json(src / INFO_FILE, "artifact info") if (src / INFO_FILE).is_file() else {}
     info.pop("compressed", None)
-    with atomic_directory(check_out_dir(out, overwrite)) as tmp:
+    with atomic_directory(out) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / DENSE_FILE), metadata={"format": "pt"})
         save_masks(masks, tmp / MASKS_FILE)
         for f in src.iterdir():

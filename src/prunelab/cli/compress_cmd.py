@@ -7,7 +7,8 @@ from .options import add_model, add_out
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compress", help="store a pruned model as bitmasks plus kept values, entropy-coded (bit-exact)")
+    p = sub.add_parser("compress", help="store a pruned model as bitmasks plus kept values, entropy-coded "
+                                       "(bit-exact, unless --values fp16|bf16: lossy)")
     add_model(p, "source", help="a pruned artifact, or a model directory whose zeros are its masks")
     add_codec(p)
     add_out(p)
@@ -21,7 +22,8 @@ def register(sub) -> None:
 def add_codec(p) -> None:
     p.add_argument("--codec", choices=CODECS, default="zstd", help="entropy coding of the bitmasks and values (default zstd)")
     p.add_argument("--values", choices=list(VALUES), default="lossless",
-                   help="lossy: store the kept values as fp16 or bf16 (reports the largest absolute error)")
+                   help="lossless (default): the kept values bit-exact; fp16 or bf16: stored in that format, lossy "
+                        "(the largest absolute error is reported and recorded in prunelab.json and README.md)")
 
 
 def run_compress(args) -> int:
