@@ -198,7 +198,7 @@ def test_overwrite_and_missing_matplotlib(bert_dir, tmp_path, monkeypatch, capsy
     assert analyze("weights", bert_dir, "--out", out, "--overwrite") == 2
     assert "pip install 'prunelab[analysis]'" in capsys.readouterr().err
     assert analyze("weights", bert_dir, "--out", tmp_path / "csv-only", "--no-figure") == 0
-    assert sorted(p.name for p in (tmp_path / "csv-only").iterdir()) == ["weights.csv", "weights.json", "weights_by_kind.csv"]
+    assert sorted(p.name for p in (tmp_path / "csv-only").iterdir()) == [".prunelab", "weights.csv", "weights.json", "weights_by_kind.csv"]
 
 
 def test_library_writes_the_same_files_as_the_cli(bert_dir, tmp_path):
@@ -212,7 +212,7 @@ def test_library_writes_the_same_files_as_the_cli(bert_dir, tmp_path):
         assert analyze(name, bert_dir, *options, "--out", cli) == 0
         written = write_analysis(name, lib, model=str(bert_dir), **inputs)
         assert written.files == [lib / f for f in files] and written.messages == []
-        assert sorted(p.name for p in lib.iterdir()) == sorted(p.name for p in cli.iterdir()) == sorted(files)
+        assert sorted(p.name for p in lib.iterdir()) == sorted(p.name for p in cli.iterdir()) == sorted([".prunelab", *files])
         for path in written.files:
             if path.suffix == ".png":
                 assert_png(path)

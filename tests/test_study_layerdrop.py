@@ -181,7 +181,7 @@ def test_too_many_layers_fails_that_run_clearly_and_the_report_marks_it(study, t
     (out / "study.json").write_text(json.dumps(record))
     assert claims.take(run_dir(out, "droplayers-top-k4")) and execute_claimed(out, "droplayers-top-k4") == "failed"
     error = json.loads((out / "runs" / "droplayers-top-k4" / "error.json").read_text())["error"]
-    assert error.startswith("ValueError: cannot drop 4 layers") and "between 1 and 3 (the model has 4 layers" in error
+    assert error.startswith("InputError: cannot drop 4 layers") and "between 1 and 3 (the model has 4 layers" in error
     assert f"change [layer_drop] counts or strategies in {record['spec']['source']}" in error
     status = study_status(out)
     assert (status["done"], status["failed"], status["blocked"], status["pending"]) == (12, 1, 1, 2)
