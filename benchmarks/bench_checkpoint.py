@@ -4,7 +4,7 @@ The model: ``BertForMaskedLM(BertConfig())``, randomly initialised (seeded), sav
 dense baseline; the decoder is tied to the word embeddings and stored once). For each sparsity, ``prunelab.prune``
 magnitude-prunes it (matrix scope, all 73 targets incl. the word embeddings: 108.4M of the checkpoint's 109.5M
 weights) into a
-pruned artifact, and ``prunelab.compressed.compress`` turns that into a compressed one (codec zstd). Per sparsity:
+pruned artifact, and ``prunelab.deploy.compressed.compress`` turns that into a compressed one (codec zstd). Per sparsity:
 
 * bytes of the pruned checkpoint as: dense safetensors (the artifact's ``model.safetensors``, zeros stored); that
   file through zstd level 9 (one frame over the whole file); torch sparse CSR (every pruned target
@@ -60,7 +60,9 @@ from safetensors.torch import load_file
 
 import prunelab
 from prunelab import PruningConfig, load_masks, resolve_targets
-from prunelab.compressed import COMPRESSED_FILE, FLOATS, checkpoint_masks, compress, write_compressed
+from prunelab.artifact import COMPRESSED_FILE
+from prunelab.codec import FLOATS, write_compressed
+from prunelab.deploy.compressed import checkpoint_masks, compress
 from prunelab.masks_io import MASKS_FILE
 
 MB = 1e6

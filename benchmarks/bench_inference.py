@@ -31,7 +31,7 @@ import transformers
 import prunelab
 from prunelab import Pruner, PruningConfig
 from prunelab.artifact import save_artifact
-from prunelab.speed import NOISE_FLOOR
+from prunelab.deploy.speed import NOISE_FLOOR
 
 GOALS = {0.9: 1.3, 0.95: 2.0}
 

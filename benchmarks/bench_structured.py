@@ -36,7 +36,7 @@ import transformers
 
 import prunelab
 from prunelab.artifact import save_artifact
-from prunelab.integrations.onnx import export_onnx
+from prunelab.deploy.onnx import export_onnx
 from prunelab.methods.structured import prune_units, unit_counts
 
 GOAL_TORCH, GOAL_SHAPE = 0.6, (8, 128)

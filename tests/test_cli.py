@@ -142,7 +142,7 @@ def test_a_model_without_tokenizer_files_has_no_tokenizer(tmp_path):
 
 
 @pytest.mark.parametrize("argv, target, says", [
-    (["prune", "M", "--sparsity", "0.5", "--out", "O"], "prunelab.artifact.prune", "nothing was written (O is unchanged)"),
+    (["prune", "M", "--sparsity", "0.5", "--out", "O"], "prunelab.oneshot.prune", "nothing was written (O is unchanged)"),
     (["finetune", "M", "--task", "rte", "--out", "O"], "prunelab.pipelines.finetune.finetune",
      "O keeps what was finished: run the same command with --resume to continue"),
     (["pretrain", "M", "--corpus", "c.txt", "--steps", "2", "--sparsity", "0.5", "--out", "O"],

@@ -23,7 +23,8 @@ from conftest import MODEL_TYPES, batch, tiny_model
 from glue_fixtures import glue_dir, save_tiny  # noqa: F401
 from prunelab import Pruner, PruningConfig
 from prunelab.cli import main
-from prunelab.compressed import COMPRESSED_FILE, join_planes, read_compressed, split_planes, write_compressed
+from prunelab.artifact import COMPRESSED_FILE
+from prunelab.codec import join_planes, read_compressed, split_planes, write_compressed
 from prunelab.errors import InputError
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -284,7 +285,8 @@ def sparse(key: str, shape: list[int], *, bitmask: bytes | None = None, values: 
 CHILD = """
 import resource, sys
 import prunelab
-from prunelab.compressed import read_compressed
+from prunelab.artifact import COMPRESSED_FILE
+from prunelab.codec import read_compressed
 try:
     {call}
     print("LOADED")
@@ -298,7 +300,7 @@ print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     # 100000 x 100000 float32: 40 GB dense, a 1.25 GB bitmask in a 38 KB frame; config.json gives (37, 32)
     ("shape", "prunelab.from_pretrained(sys.argv[1])", f"tensor {FFN_IN!r} has shape (100000, 100000) but its config.json gives (37, 32)"),
     # the header's (37, 32) needs a 148-byte bitmask; the frame declares 1.25 GB (no config.json involved)
-    ("frame", "read_compressed(sys.argv[1] + '/' + prunelab.compressed.COMPRESSED_FILE)",
+    ("frame", "read_compressed(sys.argv[1] + '/' + COMPRESSED_FILE)",
      f"tensor {FFN_IN!r}: its bitmask frame declares 1250000000 bytes but shape (37, 32)"),
 ])
 def test_a_small_crafted_file_is_refused_before_it_allocates(tmp_path, how, call, says):
@@ -366,9 +368,8 @@ def test_a_tensor_that_disagrees_with_config_json_is_refused_before_anything_is_
     small = compressed_artifact(tmp_path)
     rewrite(small / COMPRESSED_FILE, edit)
     decoded = []
-    decode = prunelab.compressed.decode
-    monkeypatch.setattr(prunelab.compressed, "decode", lambda key, *args: decoded.append(key) or decode(key, *args))
-    prunelab.compressed._LAST_MASKS.clear()
+    decode = prunelab.codec.decode
+    monkeypatch.setattr(prunelab.codec, "decode", lambda key, *args: decoded.append(key) or decode(key, *args))
     for load in (prunelab.from_pretrained, prunelab.artifact.saved_masks):  # saved_masks: inspect's and finetune's
         with pytest.raises(InputError, match="the config and the weights belong to different models") as err:
             load(str(small))

@@ -13,7 +13,7 @@ from torch import nn
 import prunelab
 from conftest import batch, tiny_model
 from prunelab import Pruner, PruningConfig
-from prunelab.execution import SparseLinear, sparse_execution
+from prunelab.deploy.execution import SparseLinear, sparse_execution
 
 # every layout a CPU offers; BSR's 32-wide blocks fit only the tiny model's 32 x 32 matrices, the rest stay dense
 LAYOUTS = ["csr", "coo", "bsr"]

@@ -11,7 +11,7 @@ import prunelab
 from conftest import tiny_model
 from prunelab.artifact import save_artifact
 from prunelab.cli import main
-from prunelab.integrations.onnx import export_onnx
+from prunelab.deploy.onnx import export_onnx
 from prunelab.methods import structured as S
 from prunelab.methods.layer_drop import drop_layers
 

@@ -11,8 +11,8 @@ from conftest import batch, tiny_model
 from prunelab import Pruner, PruningConfig
 from prunelab.artifact import save_artifact
 from prunelab.cli import main
-from prunelab.execution import SparseLinear, sparse_execution
-from prunelab.speed import NOISE_FLOOR, measure_speed
+from prunelab.deploy.execution import SparseLinear, sparse_execution
+from prunelab.deploy.speed import NOISE_FLOOR, measure_speed
 
 
 def pruned_tiny(sparsity: float = 0.9, head: str = "cls"):

@@ -1,7 +1,5 @@
 import json
 import math
-import os
-import shutil
 import warnings
 
 import pytest

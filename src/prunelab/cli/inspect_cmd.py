@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..artifact import inspect
+from ..oneshot import inspect
 from .options import add_model
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..artifact import prune
+from ..oneshot import prune
 from ..config import PruningConfig
 from ..select import parse_structure
 from .compress_cmd import add_codec, summary
@@ -49,7 +49,7 @@ def run(args) -> int:
     overall = info["report"]["overall"]
     print(f"pruned {args.model} to {overall['sparsity']:.2%} sparsity over {overall['numel']:,} weights -> {args.out}")
     if args.compress:
-        from ..compressed import compress
+        from ..deploy.compressed import compress
 
         print(summary(compress(args.out, args.out, codec=args.codec, values=args.values, in_place=True), args.out))
     return 0

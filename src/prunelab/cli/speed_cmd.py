@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..io import write_json
-    from ..speed import measure_speed, table
+    from ..deploy.speed import measure_speed, table
 
     if args.json and not args.json.endswith(".json"):
         raise InputError(f"--json {args.json!r} must name a .json file")

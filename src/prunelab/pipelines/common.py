@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..artifact import resolve_model_path
-from ..config import versions
+from ..config import check_number, versions  # noqa: F401 (check_number: the pipelines' import)
 from ..io import check_apart, check_output_dir, mark_output, read_json, set_aside, write_json
 from ..errors import InputError, OutputExistsError
 
@@ -57,21 +57,6 @@ def write_json_once(path: str | os.PathLike, data: dict) -> None:
 
 
 # -- options ----------------------------------------------------------------------------------------
-
-
-def check_number(flag: str, value, *, low: float | None = None, high: float | None = None, integer: bool = False,
-                 low_open: bool = False, high_open: bool = False) -> None:
-    """Raise ``ValueError`` naming `flag` unless `value` is a finite number (an int if `integer`) in the range."""
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
-        bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
-        raise InputError(f"{flag} {value!r} must be {'a whole number' if integer else 'a number'}"
-                         + (f" {' and '.join(bounds)}" if bounds else ""))
 
 
 @dataclass(kw_only=True)

@@ -27,28 +27,18 @@ line in ``run_kinds.RUN_KINDS``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config import label
 from ..data.glue import get_task
 from ..errors import InputError
-from .run_kinds import RUN_KINDS
+from .run_kinds import RUN_KINDS, Run
 from .spec import REGIMES as REGIME_NAMES
 from .spec import StudySpec
 
 # The parameters a run's id stands for: two runs planned under one id must agree on them.
 IDENTITY = ("sparsity", "heads", "ffn", "strategy", "count", "task", "lr", "seed")
 DENSE_START = ("pruned_after_finetuning", "adapt", "distill", "pruned_during_finetuning")  # start from pretrain-s0.00
-
-
-@dataclass(frozen=True)
-class Run:
-    """One unit of work. `params` hold everything the executor needs besides the spec."""
-
-    id: str
-    kind: str  # a key of run_kinds.RUN_KINDS
-    params: dict = field(hash=False, compare=False)
-    depends_on: tuple[str, ...] = ()
 
 
 def _s(sparsity: float) -> str:

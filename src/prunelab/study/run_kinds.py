@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from ..io import read_json
 from .spec import StudySpec
 from ..errors import InputError
 
-if TYPE_CHECKING:
-    from .plan import Run
+
+@dataclass(frozen=True)
+class Run:
+    """One unit of work. `params` hold everything the executor needs besides the spec."""
+
+    id: str
+    kind: str  # a key of run_kinds.RUN_KINDS
+    params: dict = field(hash=False, compare=False)
+    depends_on: tuple[str, ...] = ()
 
 
 def _result_of(root: Path, run_id: str) -> dict:
@@ -53,8 +58,9 @@ def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | N
     import shutil
 
     from ..artifact import load_config
-    from ..compressed import COMPRESSED_FILE, compress
-    from ..speed import NOISE_FLOOR, max_length, measure_speed
+    from ..artifact import COMPRESSED_FILE
+    from ..deploy.compressed import compress
+    from ..deploy.speed import NOISE_FLOOR, max_length, measure_speed
 
     d = spec.deployment
     if not d.measure:

@@ -1,0 +1,6 @@
+"""Deployment: what makes a pruned model smaller or faster where it runs, and measures it.
+
+``compressed`` (compressed artifacts: compress, decompress), ``execution`` (sparse kernels where a measurement says
+they pay), ``speed`` (honest latency measurement), ``onnx`` (export checked in onnxruntime). Deployment reads
+artifacts (``prunelab.artifact``); nothing below it imports it.
+"""
