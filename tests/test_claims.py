@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from prunelab.study import claims, executors, run_kinds
+from prunelab.study import claims, executors, recipes
 from prunelab.study.plan import expand
 from prunelab.study.runner import init_study_dir, run_dir, run_study, status_of
 from prunelab.study.spec import load_spec
@@ -50,8 +50,8 @@ def fast_kinds(monkeypatch):
         return {"model": str(work), "dev_score": 50.0, "dev": {}, "train_loss_full": 1.0, "realized_sparsity": 0.0,
                 "dev_loss_before": 1.0, "dev_loss_after": 1.0, "seconds": 0.0}
 
-    for kind, entry in list(run_kinds.RUN_KINDS.items()):
-        monkeypatch.setitem(run_kinds.RUN_KINDS, kind, dataclasses.replace(entry, run=fake))
+    for kind, entry in list(recipes.RECIPES.items()):
+        monkeypatch.setitem(recipes.RECIPES, kind, dataclasses.replace(entry, run=fake))
 
 
 def test_a_child_that_dies_before_taking_over_is_retried_then_failed_with_its_log(tmp_path, monkeypatch):
@@ -59,7 +59,7 @@ def test_a_child_that_dies_before_taking_over_is_retried_then_failed_with_its_lo
     monkeypatch.setattr(executors, "CHILD_COMMAND", [sys.executable, "-c", "print('child starting, about to die'); raise SystemExit(3)"])
     spec = load_spec(make_study(tmp_path))
     counts = run_with_timeout(spec=spec, root=tmp_path / "out", jobs=2, max_attempts=2)
-    pretrains = [r for r in expand(spec) if r.kind == "pretrain"]
+    pretrains = [r for r in expand(spec) if r.recipe == "pretrain"]
     assert counts["failed"] == len(pretrains) and counts["done"] == 0 and counts["running"] == 0
     for run in pretrains:
         d = run_dir(tmp_path / "out", run.id)
@@ -86,7 +86,7 @@ def test_a_run_killed_after_taking_over_is_tried_max_attempts_times(tmp_path, mo
     monkeypatch.setattr(executors, "CHILD_COMMAND", [sys.executable, "-c", KILLED_AFTER_TAKEOVER])
     spec = load_spec(make_study(tmp_path))
     counts = run_with_timeout(spec=spec, root=tmp_path / "out", jobs=2, max_attempts=3)
-    run = next(r for r in expand(spec) if r.kind == "pretrain")
+    run = next(r for r in expand(spec) if r.recipe == "pretrain")
     d = run_dir(tmp_path / "out", run.id)
     error = json.loads((d / "error.json").read_text())
     assert counts["failed"] == 3 and error["attempts"] == 3
@@ -97,7 +97,7 @@ def test_a_run_killed_after_taking_over_is_tried_max_attempts_times(tmp_path, mo
 def test_a_dead_claim_of_another_host_expires_and_is_taken_over(tmp_path, fast_kinds):
     spec = load_spec(make_study(tmp_path))
     out = init_study_dir(spec, tmp_path / "out", spec.data_dir())
-    run = next(r for r in expand(spec) if r.kind == "pretrain")
+    run = next(r for r in expand(spec) if r.recipe == "pretrain")
     d = run_dir(out, run.id)
     d.mkdir(parents=True)
     dead = json.dumps({"attempt": 1, "pid": 1, "host": "a-ray-worker-that-died", "lease": 2.0, "since": time.time()})
@@ -170,7 +170,7 @@ def test_the_holder_renews_its_lease_while_the_run_lasts(tmp_path):
 def test_status_of_a_run_follows_its_lease(tmp_path, fast_kinds):
     spec = load_spec(make_study(tmp_path))
     out = init_study_dir(spec, tmp_path / "out", spec.data_dir())
-    run = next(r for r in expand(spec) if r.kind == "pretrain")
+    run = next(r for r in expand(spec) if r.recipe == "pretrain")
     d = run_dir(out, run.id)
     d.mkdir(parents=True)
     (d / "claim-1.json").write_text(json.dumps({"attempt": 1, "pid": 1, "host": "elsewhere", "lease": 30.0}))

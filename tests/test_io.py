@@ -11,15 +11,15 @@ import pytest
 
 from prunelab import io
 
-DIRECTORY_STEPS = ["directory built", "directory complete", "old directory moved aside", "directory swapped in"]
+DIRECTORY_POINTS = ["directory built", "directory complete", "old directory moved aside", "directory swapped in"]
 
 
-def killed_at(step: str, action) -> None:
-    """Run `action()` in a forked child that dies (exit 9, no cleanup) when it reaches `step`; wait for it."""
+def killed_at(point: str, action) -> None:
+    """Run `action()` in a forked child that dies (exit 9, no cleanup) when it reaches `point`; wait for it."""
     pid = os.fork()
     if pid == 0:  # the child
         def crash(name: str) -> None:
-            if name == step:
+            if name == point:
                 os._exit(9)
 
         io.crash_point = crash
@@ -28,7 +28,7 @@ def killed_at(step: str, action) -> None:
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 9, f"the child never reached {step!r}"
+    assert os.WEXITSTATUS(status) == 9, f"the child never reached {point!r}"
 
 
 def write_version(out: Path, version: str) -> None:
@@ -38,17 +38,17 @@ def write_version(out: Path, version: str) -> None:
 
 
 @pytest.mark.parametrize("replacing", [False, True])
-@pytest.mark.parametrize("step", DIRECTORY_STEPS)
-def test_a_kill_between_any_two_directory_operations_is_recovered(tmp_path, step, replacing):
+@pytest.mark.parametrize("point", DIRECTORY_POINTS)
+def test_a_kill_between_any_two_directory_operations_is_recovered(tmp_path, point, replacing):
     out = tmp_path / "artifact"
     if replacing:
         write_version(out, "old")
-    elif step == "old directory moved aside":
+    elif point == "old directory moved aside":
         pytest.skip("nothing to move aside when nothing is replaced")
-    killed_at(step, lambda: write_version(out, "new"))
+    killed_at(point, lambda: write_version(out, "new"))
     io.recover_directory(out)
     # never a mix, never nothing where something was: the new version once it was complete, else the old (if any)
-    committed = DIRECTORY_STEPS.index(step) >= 1
+    committed = DIRECTORY_POINTS.index(point) >= 1
     expected = {"new"} if committed else {"old"} if replacing else None
     assert ({p.read_text() for p in out.iterdir() if p.name != io.OUTPUT_MARKER} if out.exists() else None) == expected
     assert [p.name for p in tmp_path.iterdir()] == (["artifact"] if expected else [])  # no .tmp/.new/.old leftovers
@@ -77,16 +77,16 @@ def test_atomic_files_appear_whole_or_not_at_all(tmp_path):
         io.read_json(tmp_path / "bad.json", "result file")
 
 
-RUNNER_STEPS = ["claim taken", "attempt logged", "work cleared", "run finished", "result written"]
+RUNNER_POINTS = ["claim taken", "attempt logged", "work cleared", "run finished", "result written"]
 
 
-@pytest.mark.parametrize("step", RUNNER_STEPS)
-def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next_attempt(tmp_path, monkeypatch, step):
+@pytest.mark.parametrize("point", RUNNER_POINTS)
+def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next_attempt(tmp_path, monkeypatch, point):
     """The runner's file operations under kill injection: the next runner retakes the stale claim, runs the run
     from a clean work/, and records exactly one result."""
     import dataclasses
 
-    from prunelab.study import run_kinds
+    from prunelab.study import recipes
     from prunelab.study import claims
     from prunelab.study.runner import clear_stale_claims, init_study_dir, run_dir, status_of, study_status
     from prunelab.study.plan import expand
@@ -99,10 +99,10 @@ def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next
         assert len(list(work.iterdir())) == 1  # a clean work/: nothing left from a killed attempt
         return {"model": str(work), "dev_loss_before": 1.0, "dev_loss_after": 1.0, "realized_sparsity": 0.0, "seconds": 0.0}
 
-    monkeypatch.setitem(run_kinds.RUN_KINDS, "pretrain", dataclasses.replace(run_kinds.RUN_KINDS["pretrain"], run=fake_pretrain))
+    monkeypatch.setitem(recipes.RECIPES, "pretrain", dataclasses.replace(recipes.RECIPES["pretrain"], run=fake_pretrain))
     spec = load_spec(make_study(tmp_path))
     root = init_study_dir(spec, tmp_path / "out", spec.data_dir())
-    run = next(r for r in expand(spec) if r.kind == "pretrain")
+    run = next(r for r in expand(spec) if r.recipe == "pretrain")
 
     def attempt():
         from prunelab.study.runner import execute_claimed
@@ -110,7 +110,7 @@ def test_a_study_run_killed_between_any_two_file_operations_finishes_on_the_next
         assert claims.take(run_dir(root, run.id)) is not None
         execute_claimed(root, run.id)
 
-    killed_at(step, attempt)
+    killed_at(point, attempt)
     assert status_of(root, run) in ("pending", "done")  # the dead runner's claim is stale, never "running"
     if status_of(root, run) == "pending":
         attempt()

@@ -86,9 +86,9 @@ def test_contribution_picks_the_layer_that_changes_cls_least():
     scores = contribution_scores(model, Tok(), ["a b c d e f g h i j"] * 4)
     assert len(scores) == 2 and scores[1] > scores[0]
     assert choose_by_contribution(scores, count=1) == [1]
-    assert choose_by_contribution([0.5, 0.99, 0.97], threshold=0.9) == [1, 2]
+    assert choose_by_contribution([0.5, 0.99, 0.97], min_similarity=0.9) == [1, 2]
     with pytest.raises(ValueError, match="would drop every layer"):
-        choose_by_contribution([0.95, 0.99], threshold=0.9)
+        choose_by_contribution([0.95, 0.99], min_similarity=0.9)
 
 
 def transformers_batch(ids):

@@ -22,7 +22,7 @@ def gated(model, keep):
     model = copy.deepcopy(model)
     units, hd, counts = S.units_of(model), S.head_dim(model), S.unit_counts(model)
     with torch.no_grad():
-        for i, layer in enumerate(S.layers(model)):
+        for i, layer in enumerate(S.encoder_layers(model)):
             for kind, (path, axis, grouped) in (("heads", units.heads_out), ("ffn", units.ffn_out)):
                 weight = layer.get_parameter(path)
                 view = weight.unflatten(axis, (-1, hd)) if grouped else weight
@@ -37,7 +37,7 @@ def outputs(model, model_type, key="last_hidden_state"):
         return getattr(model(**batch(model_type)), key)
 
 
-@pytest.mark.parametrize("scope", S.SCOPES)
+@pytest.mark.parametrize("scope", S.UNIT_SCOPES)
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_removal_computes_what_the_gated_model_computes(model_type, scope):
     model = tiny_model(model_type)
@@ -52,7 +52,7 @@ def test_removal_computes_what_the_gated_model_computes(model_type, scope):
     model.train()  # and it trains: gradients reach the smaller matrices
     model(**batch(model_type)).last_hidden_state.sum().backward()
     units = S.units_of(model)
-    assert all(S.layers(model)[0].get_parameter(path).grad is not None for path, _, _ in (units.heads_out, units.ffn_out))
+    assert all(S.encoder_layers(model)[0].get_parameter(path).grad is not None for path, _, _ in (units.heads_out, units.ffn_out))
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
@@ -63,7 +63,7 @@ def test_a_layer_may_lose_every_head_only_when_allowed(model_type):
     reference = copy.deepcopy(model)
     keep = S.prune_units(model, heads=1.0, ffn=1.0, allow_empty_attention=True)
     assert S.unit_counts(model) == {"heads": [0, 0], "ffn": [0, 0]}
-    assert isinstance(S.layers(model)[0].get_submodule(S.units_of(model).empty[0]), S.EmptyAttention)
+    assert isinstance(S.encoder_layers(model)[0].get_submodule(S.units_of(model).empty[0]), S.EmptyAttention)
     assert torch.allclose(outputs(model, model_type), outputs(gated(reference, keep), model_type), atol=1e-5)
 
 
@@ -94,9 +94,9 @@ def test_importance_is_the_gradient_of_a_gate_on_each_head():
     inputs = {**batch("bert"), "labels": torch.tensor([0, 1, 0, 1])}
     scores = S.importance_scores(model, [inputs])
     assert all(p.grad is None for p in model.parameters())  # the scoring leaves no gradients behind
-    gates = [torch.ones(4, requires_grad=True) for _ in S.layers(model)]
+    gates = [torch.ones(4, requires_grad=True) for _ in S.encoder_layers(model)]
     hooks = [layer.attention.output.dense.register_forward_pre_hook(
-        lambda m, args, g=g: (args[0] * g.repeat_interleave(8),)) for layer, g in zip(S.layers(model), gates)]
+        lambda m, args, g=g: (args[0] * g.repeat_interleave(8),)) for layer, g in zip(S.encoder_layers(model), gates)]
     model.eval()
     model(**inputs).loss.backward()
     for h in hooks:
@@ -114,7 +114,7 @@ def test_from_masks_removes_the_units_the_masks_pruned():
     masks["encoder.layer.0.attention.self.value.weight"][8:16] = False
     masks["encoder.layer.0.attention.output.dense.weight"][:, 8:16] = False
     masks["encoder.layer.1.output.dense.weight"][:, 5] = False  # FFN neuron 5 of layer 1: half its weights
-    keep = S.prune_units(model, criterion="from-masks", masks=masks, threshold=0.5)
+    keep = S.prune_units(model, criterion="from-masks", masks=masks, min_sparsity=0.5)
     assert keep["heads"] == [[0, 2, 3], [0, 1, 2, 3]]
     assert keep["ffn"][0] == list(range(37)) and 5 not in keep["ffn"][1] and len(keep["ffn"][1]) == 36
 
@@ -140,7 +140,7 @@ def test_a_uniform_ffn_width_loads_with_plain_transformers(tmp_path):
     S.prune_units(model, ffn=0.5)  # the same width in every layer, every head kept: config.json can say it
     save_artifact(model, None, None, {}, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["intermediate_size"] == 37 - round(0.5 * 37) and S.STRUCTURE_KEY not in config
+    assert config["intermediate_size"] == 37 - round(0.5 * 37) and S.UNIT_COUNTS_KEY not in config
     plain = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "m")
     assert torch.equal(outputs(plain, "bert", "logits"), outputs(model, "bert", "logits"))
 

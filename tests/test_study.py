@@ -67,8 +67,8 @@ def test_distinct_values_never_share_a_run_id(tmp_path):
     assert len(set(ids)) == len(ids)
     assert {"pretrain-magnitude-s0.12", "pretrain-magnitude-s0.125", "structured-magnitude-h0.25-f0.50",
             "structured-magnitude-h0.255-f0.50"} <= set(ids)
-    assert {r.params["sparsity"] for r in runs if r.kind == "pretrain"} == {0.0, 0.12, 0.125}
-    assert sum(r.kind == "finetune" and r.params.get("sparsity") == 0.125 for r in runs) == 2  # both learning rates
+    assert {r.params["sparsity"] for r in runs if r.recipe == "pretrain"} == {0.0, 0.12, 0.125}
+    assert sum(r.recipe == "finetune" and r.params.get("sparsity") == 0.125 for r in runs) == 2  # both learning rates
 
 
 def test_a_plan_that_would_merge_two_runs_is_refused(monkeypatch, tmp_path):
@@ -141,24 +141,24 @@ def test_finished_runs_are_never_redone(reference, capsys):
 def test_failed_runs_are_recorded_the_report_marks_them_and_retry_reruns(tmp_path, monkeypatch, reference):
     import dataclasses
 
-    from prunelab.study.run_kinds import RUN_KINDS
+    from prunelab.study.recipes import RECIPES
 
     spec_path = make_study(tmp_path)
-    real = RUN_KINDS["finetune"]
+    real = RECIPES["finetune"]
 
     def flaky(spec, data_dir, root, run, work):
         if run.params["regime"] == "random":
             raise RuntimeError("out of memory (simulated)")
         return real.run(spec, data_dir, root, run, work)
 
-    monkeypatch.setitem(RUN_KINDS, "finetune", dataclasses.replace(real, run=flaky))
+    monkeypatch.setitem(RECIPES, "finetune", dataclasses.replace(real, run=flaky))
     counts = run_study(load_spec(spec_path), tmp_path / "out", data_dir=None, progress=False)
     assert counts["failed"] == 1 and counts["done"] == 7
     assert "RuntimeError: out of memory (simulated)" in counts["failures"]["finetune-random-s0.50-rte-lr0.001-seed0"]
     assert main(["study", "report", str(tmp_path / "out")]) == 0
     random_row = [r for r in table(tmp_path / "out") if r["regime"] == "random" and r["sparsity"] == "0.5"][0]
     assert random_row["rte_score"] == "" and "— | — |" in (tmp_path / "out" / "report" / "table1.md").read_text()
-    monkeypatch.setitem(RUN_KINDS, "finetune", real)
+    monkeypatch.setitem(RECIPES, "finetune", real)
     assert run_study(load_spec(spec_path), tmp_path / "out", progress=False)["failed"] == 1  # not retried by default
     assert run_study(load_spec(spec_path), tmp_path / "out", retry_failed=True, progress=False)["done"] == 8
     assert main(["study", "report", str(tmp_path / "out")]) == 0

@@ -41,20 +41,20 @@ def spec_file(tmp_path: Path, regimes: list[str], text: str = SPEC) -> Path:
 
 def test_plan_drops_layers_once_per_strategy_and_count_not_per_sparsity(tmp_path):
     runs = {r.id: r for r in expand(load_spec(spec_file(tmp_path, ["pruned", "layer_drop"])))}
-    drops = [i for i, r in runs.items() if r.kind == "droplayers"]
+    drops = [i for i, r in runs.items() if r.recipe == "droplayers"]
     assert drops == ["droplayers-top-k1", "droplayers-top-k2", "droplayers-contribution-k1", "droplayers-contribution-k2"]
     assert all(runs[i].depends_on == ("pretrain-s0.00",) for i in drops)  # dropped from the dense pre-trained model
     assert runs["droplayers-contribution-k2"].params == {"regime": "layer_drop", "strategy": "contribution", "count": 2,
-                                                         "source": "pretrain-s0.00"}
+                                                         "start_run": "pretrain-s0.00"}
     layer_drop = sorted(i for i in runs if i.startswith("finetune-layer_drop-"))
     assert layer_drop == sorted(f"finetune-layer_drop-{s}-k{k}-{t}-lr{lr}-seed0" for s in ("top", "contribution") for k in (1, 2)
                                 for t in ("rte", "sst2") for lr in ("0.001", "0.002"))  # 3 sparsities, still 16 runs
     run = runs["finetune-layer_drop-top-k2-sst2-lr0.002-seed0"]
     assert run.depends_on == ("droplayers-top-k2",)
     assert run.params == {"regime": "layer_drop", "strategy": "top", "count": 2, "task": "sst2", "lr": 2e-3, "seed": 0,
-                          "source": "droplayers-top-k2"}
+                          "start_run": "droplayers-top-k2"}
     assert sum(i.startswith("finetune-dense-") for i in runs) == 4  # the shared dense runs, planned once
-    assert [r.kind for r in runs.values()] == ["pretrain"] * 3 + ["droplayers"] * 4 + ["finetune"] * 28
+    assert [r.recipe for r in runs.values()] == ["pretrain"] * 3 + ["droplayers"] * 4 + ["finetune"] * 28
 
 
 def test_adding_layer_drop_leaves_the_other_regimes_runs_alone(tmp_path):
@@ -65,7 +65,7 @@ def test_adding_layer_drop_leaves_the_other_regimes_runs_alone(tmp_path):
 
 def test_layer_drop_alone_plans_its_dense_reference(tmp_path):
     runs = expand(load_spec(spec_file(tmp_path, ["layer_drop"])))
-    assert [r.id for r in runs if r.kind == "pretrain"] == ["pretrain-s0.00"]
+    assert [r.id for r in runs if r.recipe == "pretrain"] == ["pretrain-s0.00"]
     dense = [r for r in runs if r.id.startswith("finetune-dense-s0.00-")]
     assert len(dense) == 4 and all(r.depends_on == ("pretrain-s0.00",) for r in dense)
     assert describe(runs)["droplayers"] == 4 and describe(runs)["finetune"] == 4 + 16

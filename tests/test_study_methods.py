@@ -28,11 +28,11 @@ def test_plan_of_the_methods_from_the_dense_model_with_one_teacher_per_task_and_
         "finetune-distill-s0.50-rte-lr0.001-seed0", "finetune-pruned_during_finetuning-s0.50-rte-lr0.001-seed0",
     }
     assert runs["finetune-distill-s0.50-rte-lr0.001-seed0"].depends_on == ("pretrain-s0.00", "teacher-rte-seed0")
-    assert runs["finetune-pruned_during_finetuning-s0.50-rte-lr0.001-seed0"].kind == "distill"
+    assert runs["finetune-pruned_during_finetuning-s0.50-rte-lr0.001-seed0"].recipe == "prune_while_finetuning"
     assert "teacher" not in runs["finetune-pruned_during_finetuning-s0.50-rte-lr0.001-seed0"].params
-    assert runs["finetune-adapt-s0.50-rte-lr0.01-seed0"].kind == "adapt"
+    assert runs["finetune-adapt-s0.50-rte-lr0.01-seed0"].recipe == "adapt"
     four = dataclasses.replace(spec, regimes=["pruned", "information_deletion", "pruned_after_finetuning", "random"])
-    assert not any(r.kind in ("teacher", "adapt", "distill") for r in expand(four))  # the paper's grid is unchanged
+    assert not any(r.recipe in ("teacher", "adapt", "prune_while_finetuning") for r in expand(four))  # the paper's grid is unchanged
 
 
 def test_bad_adapt_lrs_are_refused(tmp_path):

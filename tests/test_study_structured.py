@@ -37,9 +37,9 @@ def test_plan_has_one_structured_run_per_pair_and_its_fine_tuning(tmp_path):
     runs = {r.id: r for r in expand(load_spec(make_study(tmp_path, SECTION, regimes=["pruned", "structured"])))}
     assert runs["structured-magnitude-h0.50-f0.50"].params == {"regime": "structured", "heads": 0.5, "ffn": 0.5,
                                                                "criterion": "magnitude", "scope": "layer",
-                                                               "source": "pretrain-s0.00"}
+                                                               "start_run": "pretrain-s0.00"}
     tuned = runs["finetune-structured-h0.25-f0.00-rte-lr0.001-seed0"]
-    assert tuned.depends_on == ("structured-magnitude-h0.25-f0.00",) and tuned.kind == "finetune"
+    assert tuned.depends_on == ("structured-magnitude-h0.25-f0.00",) and tuned.recipe == "finetune"
     assert "finetune-dense-s0.00-rte-lr0.001-seed0" in runs  # its reference
 
 
@@ -92,7 +92,7 @@ def test_pareto_front_keeps_what_nothing_beats():
     assert pareto_front(rows) == {0, 1, 3, 4}  # 70 at 60 ms is beaten by 75 at 50 ms; equal rows both stay
 
 
-def test_progress_gives_counts_and_an_eta_by_kind():
+def test_progress_gives_counts_and_an_eta_by_recipe():
     from prunelab.study.plan import Run
     from prunelab.study.runner import progress_note
 
@@ -100,10 +100,10 @@ def test_progress_gives_counts_and_an_eta_by_kind():
             Run("f2", "finetune", {})]
     states = {"p0": "done", "p1": "pending", "f0": "done", "f1": "pending", "f2": "pending"}
     assert progress_note(runs, states, {"pretrain": [600.0]}, 1) == \
-        "pretrain 1/2, finetune 1/3; ETA after a run of each kind"
+        "pretrain 1/2, finetune 1/3; ETA after a run of each recipe"
     # one pre-training run left at 10 min, two fine-tuning runs at 1 min: 12 min, not 5 runs x the mean of all
     assert progress_note(runs, states, {"pretrain": [600.0], "finetune": [60.0]}, 1) == \
-        "pretrain 1/2, finetune 1/3; ETA 12 min by kind"
-    assert progress_note(runs, states, {"pretrain": [600.0], "finetune": [60.0]}, 2).endswith("ETA 6 min by kind")
+        "pretrain 1/2, finetune 1/3; ETA 12 min by recipe"
+    assert progress_note(runs, states, {"pretrain": [600.0], "finetune": [60.0]}, 2).endswith("ETA 6 min by recipe")
     assert progress_note(runs, dict.fromkeys(states, "done"), {}, 1) == "pretrain 2/2, finetune 3/3"
-    assert progress_note(runs, states, {"pretrain": [30.0], "finetune": [5.0]}, 1).endswith("ETA 40 s by kind")
+    assert progress_note(runs, states, {"pretrain": [30.0], "finetune": [5.0]}, 1).endswith("ETA 40 s by recipe")

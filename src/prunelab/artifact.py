@@ -27,7 +27,7 @@ from .codec import read_compressed
 from .logs import held_records
 from .io import atomic_directory, check_output_dir, read_json, write_json
 from .masks_io import MASKS_FILE, load_masks, save_masks
-from .methods.structured import STRUCTURE_KEY, apply_structure, loadable_config, saved_config
+from .methods.structured import UNIT_COUNTS_KEY, apply_unit_counts, loadable_config, saved_config
 from .targets import kind_and_layer, resolve_targets, supported_model_types
 from .errors import InputError, MissingInputError
 
@@ -92,7 +92,7 @@ def _structured_config(path: str):
     """The config of a structurally pruned model directory, its full sizes back and its per-layer shapes in
     ``prunelab_structure`` (plain ``AutoConfig`` refuses the file on purpose); ``None`` for any other directory."""
     raw = _config_json(path)
-    if raw is None or STRUCTURE_KEY not in raw:
+    if raw is None or UNIT_COUNTS_KEY not in raw:
         return None
     restored = loadable_config(raw)[0]
     return AutoConfig.for_model(restored.pop("model_type"), **restored)
@@ -129,9 +129,9 @@ def _load(model: str, model_class, trust_remote_code: bool, kwargs: dict):
         setattr(config, key, value)
     # decoded and checksummed here, each tensor no larger than the shape config.json gives it
     state, masks = read_checkpoint(path, checkpoint_shapes(config, model_class)) if is_compressed(path) else (None, None)
-    if (state is not None or hasattr(config, STRUCTURE_KEY)) and hasattr(model_class, "_model_mapping"):
+    if (state is not None or hasattr(config, UNIT_COUNTS_KEY)) and hasattr(model_class, "_model_mapping"):
         model_class = model_class._model_mapping[type(config)]  # an Auto class picks its class from a path
-    if hasattr(config, STRUCTURE_KEY):
+    if hasattr(config, UNIT_COUNTS_KEY):
         return (_load_structured(model, path, model_class, config, state),
                 load_tokenizer(model, trust_remote_code=trust_remote_code), masks)
     with held_records("transformers.modeling_utils") as report:  # its load report, shown unless prunelab refuses
@@ -172,7 +172,7 @@ def _load_structured(model: str, path: str, model_class, config, state: dict[str
     from safetensors.torch import load_file
 
     built = model_class(config)
-    apply_structure(built, getattr(config, STRUCTURE_KEY))
+    apply_unit_counts(built, getattr(config, UNIT_COUNTS_KEY))
     if state is None:
         file = Path(path) / DENSE_FILE
         if not file.is_file():
@@ -189,7 +189,7 @@ def _load_structured(model: str, path: str, model_class, config, state: dict[str
         if name is not None:
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise InputError(f"{model!r}: tensor {key!r} has shape {tuple(tensor.shape)} but its config.json "
-                                 f"({STRUCTURE_KEY}) gives {tuple(own[name].shape)}")
+                                 f"({UNIT_COUNTS_KEY}) gives {tuple(own[name].shape)}")
             mapped[name] = tensor
     base = [k for k in own if k.startswith(prefix)] if built.base_model is not built else list(own)
     fresh = ("pooler.", prefix + "pooler.")  # as in _check_targets_loaded: a head class may add a fresh pooler
@@ -249,8 +249,8 @@ def checkpoint_shapes(config, model_class=None) -> dict[str, tuple[int, ...]]:
     for cls in classes or [AutoModel._model_mapping[type(config)]]:
         with torch.device("meta"):
             skeleton = cls(config)
-        if hasattr(config, STRUCTURE_KEY):
-            apply_structure(skeleton, getattr(config, STRUCTURE_KEY))
+        if hasattr(config, UNIT_COUNTS_KEY):
+            apply_unit_counts(skeleton, getattr(config, UNIT_COUNTS_KEY))
         prefix = skeleton.base_model_prefix + "."
         for name, tensor in skeleton.state_dict().items():
             shapes[name] = tuple(tensor.shape)

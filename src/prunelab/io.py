@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable
 from .errors import InputError, OutputExistsError
 
-# A test hook: called with a step's name between the file operations of ``atomic_directory`` and of the study
+# A test hook: called with the name of each point ``reached`` between the file operations of ``atomic_directory`` and of the study
 # runner, so that tests can kill the process exactly there (``os._exit``) and check what the next run recovers.
 crash_point: Callable[[str], None] | None = None
 
 
-def step(name: str) -> None:
+def reached(name: str) -> None:
     """Mark the place between two file operations named `name` (see ``crash_point``)."""
     if crash_point is not None:
         crash_point(name)
@@ -162,7 +162,7 @@ def set_aside(path: str | os.PathLike) -> Iterator[None]:
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.rename(path, old)
-        step("old directory moved aside")
+        reached("old directory moved aside")
     yield
     if old.exists():
         _remove(old)
@@ -235,13 +235,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-    step("directory built")
+    reached("directory built")
     os.rename(tmp, new)
-    step("directory complete")
+    reached("directory complete")
     if path.exists():
         os.rename(path, old)
-        step("old directory moved aside")
+        reached("old directory moved aside")
     os.rename(new, path)
-    step("directory swapped in")
+    reached("directory swapped in")
     if old.exists():
         _remove(old)

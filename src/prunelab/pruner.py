@@ -33,7 +33,7 @@ from .config import PruningConfig
 from .io import read_json, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
 from .optimizer_state import SECOND_MOMENT_FILL, holds_zeros, is_tidy, refill_interval, tidy
-from .sparsity import sparsity_report
+from .sparsity import mask_sparsity, sparsity_report
 from .schedules import is_update_step, sparsity_at
 from .select import compute_masks, nm_masks, num_to_prune, parse_structure
 from .targets import Target, get_parameter, input_axis, resolve_targets
@@ -247,15 +247,14 @@ class Pruner:
 
     def mask_sparsity(self) -> float:
         """Fraction of zeros over all current masks (0.0 before the first update)."""
-        total = sum(t.numel for t in self.targets)
-        return sum(int((~m).sum()) for m in self.masks.values()) / total if self.masks else 0.0
+        return mask_sparsity(*self.masks.values())
 
     def metrics(self, per_target: bool = False) -> dict[str, float]:
         """Namespaced figures for training logs: ``pruning/sparsity`` and optionally ``pruning/sparsity/<name>``."""
         out = {"pruning/sparsity": self.mask_sparsity(), "pruning/target_sparsity": self.target_sparsity}
         if per_target:
             for name, m in self.masks.items():
-                out[f"pruning/sparsity/{name}"] = 1.0 - int(m.sum()) / m.numel()
+                out[f"pruning/sparsity/{name}"] = mask_sparsity(m)
         return out
 
     def sparsity_report(self) -> dict:

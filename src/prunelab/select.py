@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 
 from .scores import get_criterion
+from ._moved import forwarder
 from .errors import InputError
 
 SCOPES = ("matrix", "global")
@@ -177,6 +178,5 @@ def nm_masks(weights: Mapping[str, torch.Tensor], structure: str, *, criterion: 
     return masks
 
 
-def mask_sparsity(mask: torch.Tensor) -> float:
-    """Fraction of zeros (False entries) in a keep mask."""
-    return 1.0 - int(mask.sum()) / mask.numel() if mask.numel() else 0.0
+# Old place of a moved name (deprecated: removed in the next release).
+__getattr__ = forwarder(__name__, [], {"mask_sparsity": ("prunelab.sparsity", "mask_sparsity")})

@@ -8,6 +8,12 @@ from torch import nn
 from .targets import KINDS, Target, get_parameter
 
 
+def mask_sparsity(*masks: torch.Tensor) -> float:
+    """The fraction of zeros (False entries) over keep `masks` together (0.0 for none, or for no entries)."""
+    total = sum(m.numel() for m in masks)
+    return sum(m.numel() - int(m.sum()) for m in masks) / total if total else 0.0
+
+
 def sparsity_report(model: nn.Module, targets: list[Target], masks: dict[str, torch.Tensor] | None = None) -> dict:
     """Measure the zeros of the live weights of `targets` in `model`.
 
@@ -29,7 +35,7 @@ def sparsity_report(model: nn.Module, targets: list[Target], masks: dict[str, to
         row = {"name": t.name, "kind": t.kind, "layer": t.layer, "shape": list(t.shape), "numel": t.numel,
                "zeros": zeros, "sparsity": zeros / t.numel}
         if masks and t.name in masks:
-            row["mask_sparsity"] = 1.0 - int(masks[t.name].sum()) / t.numel
+            row["mask_sparsity"] = mask_sparsity(masks[t.name])
         rows.append(row)
         for bucket in (by_kind.setdefault(t.kind, {"numel": 0, "zeros": 0}),
                        by_layer.setdefault("none" if t.layer is None else str(t.layer), {"numel": 0, "zeros": 0}),

@@ -9,7 +9,8 @@ Architecture knowledge is data, in one place: ``ARCHITECTURES`` maps ``config.mo
 per kind, so the same table serves ``AutoModel``, ``...ForMaskedLM`` and ``...ForSequenceClassification``
 alike and heads are excluded by construction (a ``(\\d+)`` group captures the layer index); where the stack of
 layers is and which config attribute counts them; and where a layer's attention heads and FFN neurons are
-(``Units``), for structured pruning. Layer dropping, structured pruning and the analyses read it too.
+(``Units``), for structured pruning; how its positions count and where its sentence token is. Layer dropping,
+structured pruning, speed and the analyses read it too: no other module branches on a model type.
 """
 
 from __future__ import annotations
@@ -141,26 +142,36 @@ class Architecture:
 
     Attributes:
         targets: Kind -> regular expression over parameter names relative to the base model.
-        layers: Path of the ``ModuleList`` of transformer layers inside the base model.
+        layer_stack: Path of the ``ModuleList`` of transformer layers inside the base model.
         num_layers_attr: The config attribute holding the number of layers.
         units: Where a layer's heads and FFN neurons are (structured pruning).
+        positions: How the position embeddings count: ``absolute`` (one per position, ``max_position_embeddings``
+            of them), ``after_padding`` (RoBERTa: positions start after the padding index), ``relative`` (XLNet: no
+            limit).
+        sentence_token: Where the token that stands for the sentence is: ``first`` ([CLS]) or ``last`` (XLNet's
+            <cls> closes the sequence).
     """
 
     targets: dict[str, str]
-    layers: str
+    layer_stack: str
     num_layers_attr: str
     units: Units
+    positions: str = "absolute"
+    sentence_token: str = "first"
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(_TARGETS["bert"], "encoder.layer", "num_hidden_layers", _UNITS["bert"]),
-    "roberta": Architecture(_TARGETS["roberta"], "encoder.layer", "num_hidden_layers", _UNITS["roberta"]),
+    "roberta": Architecture(_TARGETS["roberta"], "encoder.layer", "num_hidden_layers", _UNITS["roberta"],
+                            positions="after_padding"),
     "electra": Architecture(_TARGETS["electra"], "encoder.layer", "num_hidden_layers", _UNITS["electra"]),
     "distilbert": Architecture(_TARGETS["distilbert"], "transformer.layer", "n_layers", _UNITS["distilbert"]),
-    "xlnet": Architecture(_TARGETS["xlnet"], "layer", "n_layer", _UNITS["xlnet"]),
+    "xlnet": Architecture(_TARGETS["xlnet"], "layer", "n_layer", _UNITS["xlnet"], positions="relative",
+                          sentence_token="last"),
 }
 
 # Kinds every supported model must resolve; a table entry that matches none of them is a bug, not a model.
+ATTENTION_KINDS = ("query", "key", "value", "attention_output", "relative_position")  # kinds with heads
 _REQUIRED_KINDS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out", "embeddings")
 
 
@@ -205,6 +216,15 @@ def architecture(model: nn.Module) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise InputError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
     return ARCHITECTURES[model_type]
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a model of `config` takes (``None``: no limit, as with relative positions)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    how = ARCHITECTURES[config.model_type].positions if config.model_type in ARCHITECTURES else "absolute"
+    if positions is None or how == "relative":
+        return None
+    return positions - (config.pad_token_id + 1 if how == "after_padding" else 0)
 
 
 def num_heads(model: nn.Module) -> int:
@@ -317,3 +337,26 @@ def input_axis(target: Target) -> int:
 def get_parameter(model: nn.Module, target: Target) -> torch.nn.Parameter:
     """The live parameter of `target` in `model` (looked up by name, so never a stale reference)."""
     return model.get_parameter(target.param_name)
+
+
+def split_heads(weight: torch.Tensor, kind: str, heads: int) -> torch.Tensor:
+    """View an attention weight as one slice per head.
+
+    Args:
+        weight: A target of an attention kind: 2-D ``(out, in)`` of a linear layer, or XLNet's 3-D
+            ``(d_model, n_head, d_head)``.
+        kind: Its kind; query/key/value split their output rows, the attention output its input columns.
+        heads: Number of heads.
+
+    Returns:
+        Tensor of shape ``(heads, d_head, d_other)``: head ``h``'s weights, ``d_other`` being the model
+        dimension on the other side of the projection.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise InputError(f"kind {kind!r} has no heads; attention kinds: {', '.join(ATTENTION_KINDS)}")
+    if weight.dim() == 3:  # XLNet: (d_model, n_head, d_head)
+        return weight.permute(1, 2, 0)
+    out_dim, in_dim = weight.shape
+    if kind == "attention_output":  # (d_model, heads * d_head): heads are the input columns
+        return weight.reshape(out_dim, heads, in_dim // heads).permute(1, 2, 0)
+    return weight.reshape(heads, out_dim // heads, in_dim)

@@ -10,12 +10,11 @@ import torch
 from torch import nn
 
 from ..select import compute_masks
-from ..targets import Target, get_parameter, resolve_targets
+from ..targets import ATTENTION_KINDS, Target, get_parameter, resolve_targets, split_heads  # noqa: F401 (re-exported)
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_KINDS = ("query", "key", "value", "attention_output", "relative_position")
 
 
 def parse_sparsity(value: float, what: str = "sparsity") -> float:
@@ -99,26 +98,3 @@ def check_same_architecture(a: nn.Module, b: nn.Module, name_a: str, name_b: str
         raise InputError(f"{name_b!r} has target {next(iter(targets_b))} that {name_a!r} lacks; compare two "
                          "checkpoints of the same architecture")
     return pairs
-
-
-def split_heads(weight: torch.Tensor, kind: str, heads: int) -> torch.Tensor:
-    """View an attention weight as one slice per head.
-
-    Args:
-        weight: A target of an attention kind: 2-D ``(out, in)`` of a linear layer, or XLNet's 3-D
-            ``(d_model, n_head, d_head)``.
-        kind: Its kind; query/key/value split their output rows, the attention output its input columns.
-        heads: Number of heads.
-
-    Returns:
-        Tensor of shape ``(heads, d_head, d_other)``: head ``h``'s weights, ``d_other`` being the model
-        dimension on the other side of the projection.
-    """
-    if kind not in ATTENTION_KINDS:
-        raise InputError(f"kind {kind!r} has no heads; attention kinds: {', '.join(ATTENTION_KINDS)}")
-    if weight.dim() == 3:  # XLNet: (d_model, n_head, d_head)
-        return weight.permute(1, 2, 0)
-    out_dim, in_dim = weight.shape
-    if kind == "attention_output":  # (d_model, heads * d_head): heads are the input columns
-        return weight.reshape(out_dim, heads, in_dim // heads).permute(1, 2, 0)
-    return weight.reshape(heads, out_dim // heads, in_dim)

@@ -26,7 +26,7 @@ def run(args) -> int:
     if (layers is None) == (args.strategy is None):
         raise InputError("give either --strategy (with --count or, for contribution, --threshold) or --layers")
     info = drop_and_save(args.model, args.out, strategy=args.strategy, count=args.count, layers=layers,
-                         threshold=args.threshold, text=args.text, overwrite=args.overwrite)
+                         min_similarity=args.threshold, text=args.text, overwrite=args.overwrite)
     print(f"dropped layers {info['dropped']} of {info['layers_before']} from {args.model}: parameters "
           f"{info['params_before']:,} -> {info['params_after']:,}, forward pass {info['seconds_before'] * 1000:.1f} ms -> "
           f"{info['seconds_after'] * 1000:.1f} ms ({info['seconds_after'] / info['seconds_before']:.2f}x) -> {args.out}")

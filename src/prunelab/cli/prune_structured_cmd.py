@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..methods.structured import CRITERIA, SCOPES
+from ..methods.structured import UNIT_CRITERIA, UNIT_SCOPES
 from .options import TASK_HELP, add_model, add_out
 
 
@@ -11,10 +11,10 @@ def register(sub) -> None:
     add_model(p)
     p.add_argument("--heads", type=float, default=0.0, help="fraction of attention heads to remove (default 0)")
     p.add_argument("--ffn", type=float, default=0.0, help="fraction of FFN neurons to remove (default 0)")
-    p.add_argument("--criterion", choices=CRITERIA, default="magnitude",
+    p.add_argument("--criterion", choices=UNIT_CRITERIA, default="magnitude",
                    help="magnitude (norm of a unit's weights), random (seeded), importance (Michel et al. 2019: "
                         "needs --task), from-masks (units a pruned artifact's masks prune to at least --threshold)")
-    p.add_argument("--scope", choices=SCOPES, default="layer", help="the same fraction in each layer, or one ranking over all")
+    p.add_argument("--scope", choices=UNIT_SCOPES, default="layer", help="the same fraction in each layer, or one ranking over all")
     p.add_argument("--threshold", type=float, help="from-masks: remove a unit whose weights are pruned to at least this")
     p.add_argument("--allow-empty-attention", action="store_true",
                    help="let a layer lose every head (its attention block is then skipped)")
@@ -32,7 +32,7 @@ def run(args) -> int:
     from ..pipelines.prune_structured import prune_structured
 
     info = prune_structured(args.model, args.out, heads=args.heads, ffn=args.ffn, criterion=args.criterion,
-                            scope=args.scope, seed=args.seed, threshold=args.threshold,
+                            scope=args.scope, seed=args.seed, min_sparsity=args.threshold,
                             allow_empty_attention=args.allow_empty_attention, task=args.task, data_dir=args.data_dir,
                             samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                             overwrite=args.overwrite)

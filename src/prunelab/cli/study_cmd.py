@@ -56,7 +56,7 @@ def register(sub) -> None:
 
 def run_plan(args) -> int:
     from ..study.plan import describe, expand
-    from ..study.run_kinds import RUN_KINDS
+    from ..study.recipes import RECIPES
     from ..study.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -64,8 +64,8 @@ def run_plan(args) -> int:
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0
-    kinds = ", ".join(f"{plan[kind]} {kind_.label}" for kind, kind_ in RUN_KINDS.items() if plan[kind])
-    print(f"study {spec.name}: {plan['runs']} runs ({kinds})")
+    counts = ", ".join(f"{plan[name]} {recipe.label}" for name, recipe in RECIPES.items() if plan[name])
+    print(f"study {spec.name}: {plan['runs']} runs ({counts})")
     for item in plan["items"]:
         after = f"  <- {', '.join(item['depends_on'])}" if item["depends_on"] else f"  (used by {item['used_by']} runs)"
         print(f"  {item['id']}{after}")

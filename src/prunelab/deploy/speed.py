@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..errors import InputError, MissingInputError
+from ..targets import max_positions
 
 NOISE_FLOOR = "(identical copy of the first: noise floor)"
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,15 +64,6 @@ class _Onnx:
         return self.session.run(None, {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()})
 
 
-def max_length(config) -> int | None:
-    """The longest sequence a model's position embeddings take (``None``: no limit, e.g. XLNet's relative ones);
-    RoBERTa's positions start after its padding index."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is None or config.model_type == "xlnet":
-        return None
-    return positions - (config.pad_token_id + 1 if config.model_type == "roberta" else 0)
-
-
 def load_for_timing(model: str, device: str, threads: int, model_class=None):
     """A callable ``(input_ids, attention_mask)`` running `model` (as `model_class`, by default the class its config
     names), and its vocabulary size (``None`` for ONNX)."""
@@ -106,7 +98,7 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
     loaded = {m: load_for_timing(m, device, threads, model_class) for m in models}
     runners = {m: r for m, (r, _) in loaded.items()}
     for name, runner in runners.items():
-        limit = max_length(runner.config) if isinstance(runner, torch.nn.Module) else None
+        limit = max_positions(runner.config) if isinstance(runner, torch.nn.Module) else None
         if limit is not None and seq_len > limit:
             raise InputError(f"--seq-len {seq_len} exceeds what {name!r} takes ({limit} positions); lower --seq-len")
     first = models[0]

@@ -27,7 +27,7 @@ STRATEGIES = ("top", "bottom", "alternate-even", "alternate-odd", "symmetric", "
 def _stack(model: nn.Module) -> tuple[nn.Module, str, str]:
     """The base model, the path of its layer stack and the config attribute counting the layers."""
     arch = architecture(model)
-    return base_model(model)[0], arch.layers, arch.num_layers_attr
+    return base_model(model)[0], arch.layer_stack, arch.num_layers_attr
 
 
 def num_layers(model: nn.Module) -> int:
@@ -67,7 +67,7 @@ def contribution_scores(model: nn.Module, tokenizer, texts: list[str], batch_siz
     model.eval()
     device = next(model.parameters()).device
     base, _ = base_model(model)
-    last = model.config.model_type == "xlnet"
+    last = architecture(model).sentence_token == "last"
     sums, count = None, 0
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
@@ -83,18 +83,18 @@ def contribution_scores(model: nn.Module, tokenizer, texts: list[str], batch_siz
     return (sums / count).tolist()
 
 
-def choose_by_contribution(scores: list[float], count: int | None = None, threshold: float | None = None) -> list[int]:
-    """The `count` most similar layers, or all with similarity above `threshold` (always keeping one)."""
-    if (count is None) == (threshold is None):
+def choose_by_contribution(scores: list[float], count: int | None = None, min_similarity: float | None = None) -> list[int]:
+    """The `count` most similar layers, or all with similarity above `min_similarity` (always keeping one)."""
+    if (count is None) == (min_similarity is None):
         raise InputError("the contribution strategy takes either --count K or --threshold T")
-    if threshold is not None:
-        chosen = [i for i, s in enumerate(scores) if s > threshold]
+    if min_similarity is not None:
+        chosen = [i for i, s in enumerate(scores) if s > min_similarity]
     else:
         if not 0 < count < len(scores):
             raise InputError(f"--count {count} must be between 1 and {len(scores) - 1}")
         chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[:count]
     if len(chosen) >= len(scores):
-        raise InputError(f"threshold {threshold} would drop every layer; raise it")
+        raise InputError(f"threshold {min_similarity} would drop every layer; raise it")
     return sorted(chosen)
 
 

@@ -4,7 +4,7 @@ A head is its rows of Q, K and V (with their biases) and its columns of the atte
 row of FFN-in with its bias and the matching column of FFN-out. Where they are in a layer is data in the
 architecture table (``targets.Units``); XLNet's 3-D attention parameters carry the head axis directly.
 
-Criteria (``CRITERIA``), each a function returning one score per unit (``{"heads": [tensor per layer], "ffn": ...}``;
+Criteria (``UNIT_CRITERIA``), each a function returning one score per unit (``{"heads": [tensor per layer], "ffn": ...}``;
 the lowest scores are removed):
     magnitude   L2 norm of the unit's weights
     random      seeded uniform scores
@@ -15,7 +15,7 @@ the lowest scores are removed):
                 threshold are removed
 
 Removal keeps the function: the pruned model computes what the full model computes with the removed units'
-gates at zero. ``structure`` reads the per-layer head counts and FFN widths off a model; ``apply_structure`` gives
+gates at zero. ``structure`` reads the per-layer head counts and FFN widths off a model; ``apply_unit_counts`` gives
 a freshly built model those shapes, which is how a saved model loads back.
 """
 
@@ -25,20 +25,21 @@ import torch
 from torch import nn
 
 from ..targets import Units, architecture, base_model
+from .._moved import forwarder
 from ..errors import InputError
 
 UNIT_KINDS = ("heads", "ffn")
-SCOPES = ("layer", "global")
-CRITERIA = ("magnitude", "random", "importance", "from-masks")
+UNIT_SCOPES = ("layer", "global")  # one ranking per layer, or one over the model (select.SCOPES: per matrix/global)
+UNIT_CRITERIA = ("magnitude", "random", "importance", "from-masks")  # names (scores.CRITERIA: weight scores)
 
 
 def units_of(model: nn.Module) -> Units:
     return architecture(model).units
 
 
-def layers(model: nn.Module) -> list[nn.Module]:
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
     base = base_model(model)[0]
-    return list(base.get_submodule(architecture(model).layers))
+    return list(base.get_submodule(architecture(model).layer_stack))
 
 
 def head_dim(model: nn.Module) -> int:
@@ -71,7 +72,7 @@ def unit_counts(model: nn.Module) -> dict[str, list[int]]:
     """Heads and FFN neurons of every layer, read off the parameter shapes."""
     units, hd = units_of(model), head_dim(model)
     counts: dict[str, list[int]] = {"heads": [], "ffn": []}
-    for layer in layers(model):
+    for layer in encoder_layers(model):
         for kind, (path, axis, grouped) in (("heads", units.heads_out), ("ffn", units.ffn_out)):
             weight = _param(layer, path)[2]
             counts[kind].append(0 if weight is None else weight.shape[axis] // (hd if grouped else 1))
@@ -81,7 +82,7 @@ def unit_counts(model: nn.Module) -> dict[str, list[int]]:
 def unit_tensors(model: nn.Module, layer_index: int, kind: str) -> list[torch.Tensor]:
     """The ``[units, -1]`` views of one layer's slices of `kind`."""
     units, hd = units_of(model), head_dim(model)
-    layer = layers(model)[layer_index]
+    layer = encoder_layers(model)[layer_index]
     params = (_param(layer, path)[2] for path, _, _ in _slices(units, kind))
     return [_by_unit(p, axis, grouped, hd) for p, (_, axis, grouped) in zip(params, _slices(units, kind)) if p is not None]
 
@@ -93,7 +94,7 @@ def unit_tensors(model: nn.Module, layer_index: int, kind: str) -> list[torch.Te
 def magnitude_scores(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     """L2 norm of each unit's weights (all its slices)."""
     return {kind: [torch.sqrt(sum(t.detach().float().pow(2).sum(1) for t in unit_tensors(model, i, kind)))
-                   for i in range(len(layers(model)))] for kind in UNIT_KINDS}
+                   for i in range(len(encoder_layers(model)))] for kind in UNIT_KINDS}
 
 
 def random_scores(model: nn.Module, seed: int) -> dict[str, list[torch.Tensor]]:
@@ -106,7 +107,7 @@ def importance_scores(model: nn.Module, batches) -> dict[str, list[torch.Tensor]
     """Michel et al.'s head importance, for heads and FFN neurons: the mean over `batches` (dicts of model inputs
     with labels) of |dL/dgate|, where a gate multiplies the unit's slice of the output projection, normalised to
     unit L2 norm per layer. The model's parameters are not changed; their gradients are cleared after."""
-    units, hd, n = units_of(model), head_dim(model), len(layers(model))
+    units, hd, n = units_of(model), head_dim(model), len(encoder_layers(model))
     device = next(model.parameters()).device  # sums and batches where the model is (CPU or an accelerator)
     sums = {kind: [torch.zeros(c, device=device) for c in unit_counts(model)[kind]] for kind in UNIT_KINDS}
     was_training, count = model.training, 0
@@ -120,7 +121,7 @@ def importance_scores(model: nn.Module, batches) -> dict[str, list[torch.Tensor]
             loss.backward()
             for kind, (path, axis, grouped) in (("heads", units.heads_out), ("ffn", units.ffn_out)):
                 for i in range(n):
-                    param = _param(layers(model)[i], path)[2]
+                    param = _param(encoder_layers(model)[i], path)[2]
                     if param is None or param.grad is None:
                         continue
                     gate = (_by_unit(param.detach(), axis, grouped, hd) * _by_unit(param.grad, axis, grouped, hd)).sum(1)
@@ -144,7 +145,7 @@ def mask_scores(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, l
     names = {id(p): name for name, p in base.named_parameters()}
     scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in UNIT_KINDS}
     counts = unit_counts(model)
-    for layer in layers(model):
+    for layer in encoder_layers(model):
         for kind in UNIT_KINDS:
             kept = total = None
             for path, axis, grouped in _slices(units, kind):
@@ -163,29 +164,29 @@ def mask_scores(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, l
 # -- which units go ---------------------------------------------------------------------------------
 
 
-def choose(scores: list[torch.Tensor], fraction: float, scope: str, min_keep: int = 0) -> list[list[int]]:
-    """The kept unit indices of each layer: the round(fraction x units) lowest-scored removed, per layer
+def choose(scores: list[torch.Tensor], sparsity: float, scope: str, min_keep: int = 0) -> list[list[int]]:
+    """The kept unit indices of each layer: the round(sparsity x units) lowest-scored removed, per layer
     (``scope="layer"``) or over all layers (``"global"``, exactly that many in all), each layer keeping at least
     `min_keep` (its best) units.
 
     Raises:
-        ValueError: a fraction outside [0, 1], an unknown scope, or a fraction that leaves a layer below `min_keep`.
+        ValueError: a sparsity outside [0, 1], an unknown scope, or a sparsity that leaves a layer below `min_keep`.
     """
-    if not 0.0 <= fraction <= 1.0:
-        raise InputError(f"fraction {fraction} must be in [0, 1]")
-    if scope not in SCOPES:
-        raise InputError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)}")
+    if not 0.0 <= sparsity <= 1.0:
+        raise InputError(f"sparsity {sparsity} must be in [0, 1]")
+    if scope not in UNIT_SCOPES:
+        raise InputError(f"unknown scope {scope!r}; allowed: {', '.join(UNIT_SCOPES)}")
     counts = [len(s) for s in scores]
     if scope == "layer":
-        removed = [round(fraction * n) for n in counts]
+        removed = [round(sparsity * n) for n in counts]
         if any(n - r < min(min_keep, n) for n, r in zip(counts, removed)):
-            raise InputError(f"removing {fraction:.0%} of the units of every layer leaves a layer with fewer than "
+            raise InputError(f"removing {sparsity:.0%} of the units of every layer leaves a layer with fewer than "
                              f"{min_keep}")
         order = [torch.argsort(s, stable=True) for s in scores]
         return [sorted(o[r:].tolist()) for o, r in zip(order, removed)]
-    total = round(fraction * sum(counts))
+    total = round(sparsity * sum(counts))
     if sum(counts) - total < sum(min(min_keep, n) for n in counts):
-        raise InputError(f"removing {fraction:.0%} of all units leaves a layer with fewer than {min_keep}")
+        raise InputError(f"removing {sparsity:.0%} of all units leaves a layer with fewer than {min_keep}")
     protected = {(i, int(torch.argsort(s, descending=True, stable=True)[j])) for i, s in enumerate(scores)
                  for j in range(min(min_keep, len(s)))}
     ranked = sorted(((float(v), i, j) for i, s in enumerate(scores) for j, v in enumerate(s.tolist())
@@ -196,23 +197,31 @@ def choose(scores: list[torch.Tensor], fraction: float, scope: str, min_keep: in
 
 def prune_units(model: nn.Module, *, heads: float = 0.0, ffn: float = 0.0, criterion: str = "magnitude",
                 scope: str = "layer", seed: int = 0, batches=None, masks: dict[str, torch.Tensor] | None = None,
-                threshold: float | None = None, allow_empty_attention: bool = False) -> dict[str, list[list[int]]]:
-    """Score the heads and FFN neurons of `model` by `criterion`, remove the `heads` and `ffn` fractions of them
-    (``from-masks``: every unit whose weights `masks` prune to at least `threshold`) in place, and return the kept
+                min_sparsity: float | None = None, allow_empty_attention: bool = False,
+                threshold: float | None = None) -> dict[str, list[list[int]]]:
+    """Score the heads and FFN neurons of `model` by `criterion`, remove the `heads` and `ffn` sparsities of them
+    (``from-masks``: every unit whose weights `masks` prune to at least `min_sparsity`; `threshold` is its old
+    name, deprecated) in place, and return the kept
     indices of each layer (of the model as it was). `batches` (inputs with labels) feed ``importance``.
 
     Raises:
-        ValueError: an unknown criterion or scope, a fraction outside [0, 1], ``importance`` without batches,
-            ``from-masks`` without masks or threshold, or every head of a layer removed without `allow_empty_attention`.
+        ValueError: an unknown criterion or scope, a sparsity outside [0, 1], ``importance`` without batches,
+            ``from-masks`` without masks or `min_sparsity`, or every head of a layer removed without `allow_empty_attention`.
     """
-    if criterion not in CRITERIA:
-        raise InputError(f"unknown structured criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
+    if criterion not in UNIT_CRITERIA:
+        raise InputError(f"unknown structured criterion {criterion!r}; allowed: {', '.join(UNIT_CRITERIA)}")
     min_heads = 0 if allow_empty_attention else 1
+    if threshold is not None:
+        import warnings
+
+        warnings.warn("prune_units(threshold=...) is now min_sparsity=...; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        min_sparsity = threshold if min_sparsity is None else min_sparsity
     if criterion == "from-masks":
-        if not masks or threshold is None or not 0.0 <= threshold <= 1.0:
+        if not masks or min_sparsity is None or not 0.0 <= min_sparsity <= 1.0:
             raise InputError("from-masks needs a model with masks (a pruned artifact) and --threshold in [0, 1]")
         kept = mask_scores(model, masks)
-        keep = {kind: [[j for j, k in enumerate(s.tolist()) if 1.0 - k < threshold] for s in kept[kind]]
+        keep = {kind: [[j for j, k in enumerate(s.tolist()) if 1.0 - k < min_sparsity] for s in kept[kind]]
                 for kind in UNIT_KINDS}
         for i, s in enumerate(kept["heads"]):  # at least the least-pruned head
             if len(keep["heads"][i]) < min(min_heads, len(s)):
@@ -283,7 +292,7 @@ def remove_units(model: nn.Module, keep: dict[str, list[list[int]]]) -> nn.Modul
                 raise InputError(f"layer {i}: kept {kind} {kept} are not distinct indices below {counts[kind][i]}")
             if kind == "heads" and not kept and units.empty is None:
                 raise InputError(f"{model.config.model_type} cannot skip attention: keep at least one head per layer")
-    for i, layer in enumerate(layers(model)):
+    for i, layer in enumerate(encoder_layers(model)):
         if "heads" in keep and len(keep["heads"][i]) < counts["heads"][i]:
             index = torch.tensor(sorted(keep["heads"][i]), dtype=torch.long)
             _keep_slices(layer, (*units.heads, units.heads_out), index, hd)
@@ -302,7 +311,7 @@ def remove_units(model: nn.Module, keep: dict[str, list[list[int]]]) -> nn.Modul
     return model
 
 
-def structure(model: nn.Module) -> dict[str, list[int]] | None:
+def varying_unit_counts(model: nn.Module) -> dict[str, list[int]] | None:
     """Per-layer head counts and FFN widths where they differ from what the config gives every layer, else None."""
     counts = unit_counts(model)
     units = units_of(model)
@@ -310,7 +319,7 @@ def structure(model: nn.Module) -> dict[str, list[int]] | None:
     return counts if any(c != full[kind] for kind in UNIT_KINDS for c in counts[kind]) else None
 
 
-def apply_structure(model: nn.Module, record: dict[str, list[int]]) -> nn.Module:
+def apply_unit_counts(model: nn.Module, record: dict[str, list[int]]) -> nn.Module:
     """Give a model built from the full config the per-layer shapes of `record` (weights to be loaded after)."""
     counts = unit_counts(model)
     keep = {}
@@ -326,7 +335,7 @@ def apply_structure(model: nn.Module, record: dict[str, list[int]]) -> nn.Module
 
 # -- config.json ------------------------------------------------------------------------------------
 
-STRUCTURE_KEY = "prunelab_structure"
+UNIT_COUNTS_KEY = "prunelab_structure"
 MARKER = ("varies per layer (structured pruning by prunelab): load this model with prunelab.from_pretrained(DIR), "
           "or export it with `prunelab export-onnx DIR --out FILE`")
 
@@ -340,8 +349,8 @@ def saved_config(config: dict, model: nn.Module) -> dict:
     set to a sentence saying how to load the model: plain ``transformers`` then refuses the config with that
     sentence rather than load weights into the wrong shapes.
     """
-    config = {k: v for k, v in config.items() if k != STRUCTURE_KEY}
-    record = structure(model)
+    config = {k: v for k, v in config.items() if k != UNIT_COUNTS_KEY}
+    record = varying_unit_counts(model)
     if record is None:
         return config
     units = units_of(model)
@@ -351,7 +360,7 @@ def saved_config(config: dict, model: nn.Module) -> dict:
     if heads_ok and ffn_ok:
         config[units.ffn_field] = record["ffn"][0]
         return config
-    config[STRUCTURE_KEY] = {**record, units.heads_field: full["heads"], units.ffn_field: full["ffn"]}
+    config[UNIT_COUNTS_KEY] = {**record, units.heads_field: full["heads"], units.ffn_field: full["ffn"]}
     for ok, field in ((heads_ok, units.heads_field), (ffn_ok, units.ffn_field)):
         if not ok:
             config[field] = MARKER
@@ -367,14 +376,21 @@ def loadable_config(config: dict) -> tuple[dict, dict[str, list[int]] | None]:
     """
     from ..targets import ARCHITECTURES
 
-    record = config.get(STRUCTURE_KEY)
+    record = config.get(UNIT_COUNTS_KEY)
     if record is None:
         return config, None
     units = ARCHITECTURES[config.get("model_type")].units if config.get("model_type") in ARCHITECTURES else None
     fields = (units.heads_field, units.ffn_field) if units else ()
     if not isinstance(record, dict) or any(not isinstance(record.get(f), int) for f in fields) or \
             any(not isinstance(record.get(kind), list) for kind in UNIT_KINDS) or units is None:
-        raise InputError(f"{STRUCTURE_KEY} in config.json must hold 'heads' and 'ffn' lists and the full "
+        raise InputError(f"{UNIT_COUNTS_KEY} in config.json must hold 'heads' and 'ffn' lists and the full "
                          f"{' and '.join(fields) or 'sizes'}; re-save the model with prunelab")
-    restored = {**config, **{f: record[f] for f in fields}, STRUCTURE_KEY: {k: record[k] for k in UNIT_KINDS}}
-    return restored, restored[STRUCTURE_KEY]
+    restored = {**config, **{f: record[f] for f in fields}, UNIT_COUNTS_KEY: {k: record[k] for k in UNIT_KINDS}}
+    return restored, restored[UNIT_COUNTS_KEY]
+
+
+# Old names (deprecated: removed in the next release); each also meant something else elsewhere.
+__getattr__ = forwarder(__name__, [], {"SCOPES": (__name__, "UNIT_SCOPES"), "CRITERIA": (__name__, "UNIT_CRITERIA"),
+                                       "STRUCTURE_KEY": (__name__, "UNIT_COUNTS_KEY"),
+                                       "apply_structure": (__name__, "apply_unit_counts"),
+                                       "structure": (__name__, "varying_unit_counts"), "layers": (__name__, "encoder_layers")})

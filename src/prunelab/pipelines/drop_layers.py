@@ -14,7 +14,7 @@ from ..io import check_output_dir
 
 
 def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: int | None = None,
-                  layers: list[int] | None = None, threshold: float | None = None, text: str | None = None,
+                  layers: list[int] | None = None, min_similarity: float | None = None, text: str | None = None,
                   overwrite: bool = False) -> dict:
     """Load `model`, drop layers (by `strategy` or explicit `layers`), measure, and save to `out` atomically.
 
@@ -32,7 +32,7 @@ def drop_and_save(model: str, out: str, *, strategy: str | None = None, count: i
             if tokenizer is None:
                 raise InputError(f"the contribution strategy needs a tokenizer and {model!r} has none")
             scores = contribution_scores(loaded, tokenizer, texts)
-            layers = choose_by_contribution(scores, count=count, threshold=threshold)
+            layers = choose_by_contribution(scores, count=count, min_similarity=min_similarity)
         else:
             if count is None:
                 raise InputError(f"--strategy {strategy} needs --count K")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..io import dumps, pid_alive, write_text
+from .study_dir import LOG_FILE
 
 LEASE_SECONDS = 120.0  # a holder renews every quarter lease; a dead one's run is taken over a lease after it died
 MAX_ATTEMPTS = 2
@@ -155,7 +156,7 @@ class Heartbeat:
 def log_tail(d: Path, lines: int = 20) -> str:
     """The last `lines` lines of the run's ``run.log`` (empty if it has none)."""
     try:
-        text = (Path(d) / "run.log").read_text(errors="replace")
+        text = (Path(d) / LOG_FILE).read_text(errors="replace")
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])

@@ -1,8 +1,8 @@
 """Execute one claimed run of a study, in whichever process the executor chose: write result.json or error.json.
 
 The process that executes a run holds its claim (``claims.hand_over``) and renews it while the run lasts
-(``claims.Heartbeat``). An interrupted run restarts from scratch in a clean ``work/``. What each kind of run does is
-in ``run_kinds.py``.
+(``claims.Heartbeat``). An interrupted run restarts from scratch in a clean ``work/``. What each recipe does is in
+``recipes.py``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..io import step, write_json
+from ..io import reached, write_json
 from . import claims
 from .plan import expand
-from .run_kinds import RUN_KINDS
-from .study_dir import open_study, run_dir
-
-RESULT_FILE, ERROR_FILE, LOG_FILE = "result.json", "error.json", "run.log"
-
+from .recipes import RECIPES
+from .study_dir import ERROR_FILE, LOG_FILE, RESULT_FILE, open_study, run_dir
 
 def execute_claimed(root: str | os.PathLike, run_id: str, attempt: int | None = None) -> str:
     """Run `run_id` of the study in `root` as its attempt `attempt` (already claimed; default: the latest); write
@@ -39,21 +36,21 @@ def execute_claimed(root: str | os.PathLike, run_id: str, attempt: int | None = 
     d = run_dir(root, run_id)
     attempt = attempt or claims.latest(d)[0]
     lease = claims.hand_over(d, attempt)
-    step("claim taken")
+    reached("claim taken")
     _quiet()
     with open(d / "attempts.log", "a") as log:  # one line per execution: a record of who ran it, and when
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} attempt {attempt}: pid {os.getpid()} on {socket.gethostname()}\n")
-    step("attempt logged")
+    reached("attempt logged")
     with claims.Heartbeat(d, attempt, lease):
         try:
             shutil.rmtree(d / "work", ignore_errors=True)  # an interrupted attempt restarts from scratch
-            step("work cleared")
-            result = RUN_KINDS[run.kind].run(spec, data_dir, root, run, d / "work")
-            step("run finished")
+            reached("work cleared")
+            result = RECIPES[run.recipe].run(spec, data_dir, root, run, d / "work")
+            reached("run finished")
             if claims.superseded(d, attempt):
                 return "superseded"
-            write_json(d / RESULT_FILE, {"id": run_id, "kind": run.kind, **run.params, **result})
-            step("result written")
+            write_json(d / RESULT_FILE, {"id": run_id, "recipe": run.recipe, **run.params, **result})
+            reached("result written")
             status = "done"
         except Exception as err:  # a failed run is recorded and the study goes on
             if claims.superseded(d, attempt):

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from .execute import LOG_FILE, execute_claimed, execute_logged, logged_in_process
+from .execute import execute_claimed, execute_logged, logged_in_process
 from .plan import Run
 from .spec import Resources
-from .study_dir import run_dir
+from .study_dir import LOG_FILE, run_dir
 
 # The command a subprocess runs one attempt with (``prunelab study exec-run ROOT RUN_ID --attempt N`` follows).
 CHILD_COMMAND = [sys.executable, "-m", "prunelab", "study", "exec-run"]

@@ -20,8 +20,8 @@ Regimes that start from the dense pre-trained model and reach sparsity s while l
                               fine-tuned on the task (best of the learning-rate grid), one per task x seed
     pruned_during_finetuning  the same pruning and budget without the teacher (the distill baseline)
 
-A new regime is one planner function and one line in ``REGIMES``; a new kind of run is one function and one
-line in ``run_kinds.RUN_KINDS``.
+A new regime is one planner function and one line in ``REGIMES``; a new recipe (what a run does) is one function
+and one line in ``recipes.RECIPES``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ..config import label
 from ..data.glue import get_task
 from ..errors import InputError
-from .run_kinds import RUN_KINDS, Run
+from .recipes import RECIPES, Run
 from .spec import REGIMES as REGIME_NAMES
 from .spec import StudySpec
 
@@ -87,8 +87,8 @@ class _Plan:
     def __init__(self, spec: StudySpec):
         self.spec, self.runs = spec, {}
 
-    def add(self, run_id: str, kind: str, params: dict, depends_on: tuple[str, ...] = ()) -> str:
-        planned = self.runs.setdefault(run_id, Run(run_id, kind, params, depends_on))
+    def add(self, run_id: str, recipe: str, params: dict, depends_on: tuple[str, ...] = ()) -> str:
+        planned = self.runs.setdefault(run_id, Run(run_id, recipe, params, depends_on))
         clash = [k for k in IDENTITY if k in params and k in planned.params and params[k] != planned.params[k]]
         if clash:  # never one run standing for two (``label`` keeps ids apart; this guards every future id)
             raise InputError(f"the study plans two runs as {run_id!r}: {clash[0]} {planned.params[clash[0]]!r} and "
@@ -98,20 +98,20 @@ class _Plan:
     def pretrain(self, sparsity: float, criterion: str) -> str:
         return self.add(pretrain_id(sparsity, criterion), "pretrain", {"sparsity": sparsity, "criterion": criterion})
 
-    def finetunes(self, variant_name: str, params: dict, source: str, kind: str = "finetune", teacher: bool = False) -> None:
-        """Runs of `kind` on the model made by run `source`, per task x learning rate x seed; with `teacher`
+    def finetunes(self, variant_name: str, params: dict, start: str, recipe: str = "finetune", teacher: bool = False) -> None:
+        """Runs of `recipe` on the model made by run `start`, per task x learning rate x seed; with `teacher`
         each also depends on the task's teacher run (planned here)."""
         for task in self.spec.finetune.tasks:
             short = get_task(task).name
             for lr in learning_rates(self.spec, params["regime"]):
                 for seed in self.spec.finetune.seeds:
-                    extra, deps = {}, (source,)
+                    extra, deps = {}, (start,)
                     if teacher:
                         extra["teacher"] = self.add(teacher_id(short, seed), "teacher",
-                                                    {"task": short, "seed": seed, "source": source}, (source,))
-                        deps = (source, extra["teacher"])
-                    self.add(finetune_id(variant_name, short, lr, seed), kind,
-                             {**params, "task": short, "lr": lr, "seed": seed, "source": source, **extra}, deps)
+                                                    {"task": short, "seed": seed, "start_run": start}, (start,))
+                        deps = (start, extra["teacher"])
+                    self.add(finetune_id(variant_name, short, lr, seed), recipe,
+                             {**params, "task": short, "lr": lr, "seed": seed, "start_run": start, **extra}, deps)
 
 
 # -- regimes ------------------------------------------------------------------------------------------
@@ -120,12 +120,12 @@ class _Plan:
 def _plan_pruning(plan: _Plan, regime: str, sparsity: float) -> None:
     spec = plan.spec
     if regime == "pruned_after_finetuning" and sparsity > 0:
-        source, criterion = plan.pretrain(0.0, spec.criterion), spec.criterion
+        start, criterion = plan.pretrain(0.0, spec.criterion), spec.criterion
     else:
         criterion = "random" if regime == "random" else spec.criterion
-        source = plan.pretrain(sparsity, criterion)
+        start = plan.pretrain(sparsity, criterion)
     name = "dense" if sparsity == 0 else regime
-    plan.finetunes(variant(regime, sparsity), {"regime": name, "sparsity": sparsity, "criterion": criterion}, source)
+    plan.finetunes(variant(regime, sparsity), {"regime": name, "sparsity": sparsity, "criterion": criterion}, start)
 
 
 def _plan_layer_drop(plan: _Plan, regime: str, sparsity: None) -> None:
@@ -135,7 +135,7 @@ def _plan_layer_drop(plan: _Plan, regime: str, sparsity: None) -> None:
     for strategy in spec.layer_drop.strategies:
         for count in spec.layer_drop.counts:
             params = {"regime": regime, "strategy": strategy, "count": count}
-            dropped = plan.add(droplayers_id(strategy, count), "droplayers", {**params, "source": dense}, (dense,))
+            dropped = plan.add(droplayers_id(strategy, count), "droplayers", {**params, "start_run": dense}, (dense,))
             plan.finetunes(variant(regime, strategy=strategy, count=count), params, dropped)
 
 
@@ -147,19 +147,19 @@ def _plan_structured(plan: _Plan, regime: str, sparsity: None) -> None:
     for heads, ffn in zip(st.heads, st.ffn):
         params = {"regime": regime, "heads": heads, "ffn": ffn}
         pruned = plan.add(structured_id(st.criterion, heads, ffn), "structured",
-                          {**params, "criterion": st.criterion, "scope": st.scope, "source": dense}, (dense,))
+                          {**params, "criterion": st.criterion, "scope": st.scope, "start_run": dense}, (dense,))
         plan.finetunes(variant(regime, heads=heads, ffn=ffn), params, pruned)
 
 
 def _plan_from_dense(plan: _Plan, regime: str, sparsity: float) -> None:
     """adapt, distill, pruned_during_finetuning: from the dense pre-trained model to `sparsity` on the task."""
-    source = plan.pretrain(0.0, plan.spec.criterion)
+    start = plan.pretrain(0.0, plan.spec.criterion)
     if sparsity == 0:  # every regime's dense run
-        plan.finetunes(variant(regime, 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": plan.spec.criterion}, source)
+        plan.finetunes(variant(regime, 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": plan.spec.criterion}, start)
         return
-    kind = "adapt" if regime == "adapt" else "distill"
+    recipe = "adapt" if regime == "adapt" else "prune_while_finetuning"  # with a teacher (distill) or without
     plan.finetunes(variant(regime, sparsity), {"regime": regime, "sparsity": sparsity, "criterion": plan.spec.criterion},
-                   source, kind=kind, teacher=regime == "distill")
+                   start, recipe=recipe, teacher=regime == "distill")
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ assert set(REGIMES) == set(REGIME_NAMES), "spec.REGIMES and plan.REGIMES name th
 
 
 def expand(spec: StudySpec) -> list[Run]:
-    """All runs of `spec` in a stable order: by kind (``RUN_KINDS``), then as planned."""
+    """All runs of `spec` in a stable order: by recipe (``RECIPES``), then as planned."""
     plan = _Plan(spec)
     for sparsity in spec.sparsities:
         for regime in spec.regimes:
@@ -195,19 +195,19 @@ def expand(spec: StudySpec) -> list[Run]:
     for regime in spec.regimes:
         if not REGIMES[regime].per_sparsity:
             REGIMES[regime].plan(plan, regime, None)
-    order = list(RUN_KINDS)
-    return sorted(plan.runs.values(), key=lambda r: order.index(r.kind))
+    order = list(RECIPES)
+    return sorted(plan.runs.values(), key=lambda r: order.index(r.recipe))
 
 
 def describe(runs: list[Run]) -> dict:
-    """Counts (all, per kind) and the dependency list, for ``prunelab study plan``."""
+    """Counts (all, per recipe) and the dependency list, for ``prunelab study plan``."""
     users: dict[str, int] = {}
     for run in runs:
         for dep in run.depends_on:
             users[dep] = users.get(dep, 0) + 1
     return {
         "runs": len(runs),
-        **{kind: sum(r.kind == kind for r in runs) for kind in RUN_KINDS},
-        "items": [{"id": r.id, "kind": r.kind, "depends_on": list(r.depends_on), "used_by": users.get(r.id, 0), **r.params}
+        **{recipe: sum(r.recipe == recipe for r in runs) for recipe in RECIPES},
+        "items": [{"id": r.id, "recipe": r.recipe, "depends_on": list(r.depends_on), "used_by": users.get(r.id, 0), **r.params}
                   for r in runs],
     }

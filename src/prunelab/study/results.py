@@ -12,7 +12,7 @@ from ..data.glue import get_task
 from ..io import read_json
 from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, structured_id, variant
 from .runner import study_status
-from .study_dir import open_study, run_dir
+from .study_dir import RESULT_FILE, open_study, run_dir
 
 
 def official_score(result: dict) -> float | None:
@@ -63,7 +63,7 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
     spec, _ = open_study(root)
     results = {}
     for run in expand(spec):
-        path = run_dir(root, run.id) / "result.json"
+        path = run_dir(root, run.id) / RESULT_FILE
         if path.is_file():
             results[run.id] = read_json(path, "result file")
     tasks = [get_task(t).name for t in spec.finetune.tasks]
@@ -123,7 +123,7 @@ def encoder_weights(model_dir: str | Path) -> tuple[int, int]:
 
     model_dir = Path(model_dir)
     model_type = read_json(model_dir / "config.json", "model config").get("model_type")
-    layers = re.compile(rf"(^|\.){re.escape(ARCHITECTURES[model_type].layers)}\.\d+\.")
+    layers = re.compile(rf"(^|\.){re.escape(ARCHITECTURES[model_type].layer_stack)}\.\d+\.")
     nonzero = total = 0
     with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
         for key in f.keys():

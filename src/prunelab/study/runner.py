@@ -23,11 +23,11 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import pid_alive, read_json, remove_dead_temporaries, write_json
 from . import claims
-from .execute import ERROR_FILE, RESULT_FILE, execute_claimed  # noqa: F401 (execute_claimed: a public entry point)
+from .execute import execute_claimed  # noqa: F401 (a public entry point)
 from .executors import EXECUTORS
 from .plan import Run, expand
 from .spec import StudySpec
-from .study_dir import STUDY_FILE, init_study_dir, open_study, run_dir  # noqa: F401 (the study directory's API)
+from .study_dir import ERROR_FILE, RESULT_FILE, STUDY_FILE, init_study_dir, open_study, run_dir  # noqa: F401 (the study directory's API)
 
 
 def status_of(root: Path, run: Run) -> str:
@@ -93,7 +93,7 @@ def run_study(spec: StudySpec, root: str | os.PathLike, *, data_dir: Path | None
     bar = _progress(len(runs), progress, sum(status_of(root, r) == "done" for r in runs))
     launcher = EXECUTORS[executor](jobs=jobs, address=address, resources=spec.resources)
     started_at: dict[str, float] = {}
-    durations: dict[str, list[float]] = {}  # seconds of the runs this process saw start and finish, by kind
+    durations: dict[str, list[float]] = {}  # seconds of the runs this process saw start and finish, by recipe
     try:
         while True:
             states = {r.id: status_of(root, r) for r in runs}
@@ -105,7 +105,7 @@ def run_study(spec: StudySpec, root: str | os.PathLike, *, data_dir: Path | None
                 if r.id in started_at and states[r.id] in ("done", "failed"):
                     seconds = time.monotonic() - started_at.pop(r.id)
                     if states[r.id] == "done":
-                        durations.setdefault(r.kind, []).append(seconds)
+                        durations.setdefault(r.recipe, []).append(seconds)
             if bar is not None:
                 bar.n = sum(s == "done" for s in states.values())
                 bar.set_postfix_str(progress_note(runs, states, durations, jobs), refresh=False)
@@ -149,7 +149,7 @@ def study_status(root: str | os.PathLike) -> dict:
         if states[r.id] == "pending" and any(states[d] in ("failed", "blocked") for d in r.depends_on):
             states[r.id] = "blocked"
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "running", "pending", "blocked")}
-    failures = {r.id: read_json(run_dir(root, r.id) / "error.json", "error record")["error"] for r in runs if states[r.id] == "failed"}
+    failures = {r.id: read_json(run_dir(root, r.id) / ERROR_FILE, "error record")["error"] for r in runs if states[r.id] == "failed"}
     return {"study": spec.name, "total": len(runs), **counts, "failures": failures}
 
 
@@ -158,23 +158,23 @@ def _progress(total: int, enabled: bool, done: int):
         return None
     from tqdm.auto import tqdm
 
-    # no rate-based ETA: runs of different kinds differ several-fold; progress_note gives one by kind
+    # no rate-based ETA: runs of different recipes differ several-fold; progress_note gives one by recipe
     return tqdm(total=total, initial=done, desc="study runs", unit="run",
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
 
 def progress_note(runs: list, states: dict[str, str], durations: dict[str, list[float]], jobs: int) -> str:
-    """Done/total per kind of run, and an ETA: each kind's runs left times the mean time of its runs finished in
-    this process, over `jobs`; none until every kind with runs left has a finished one."""
-    kinds = {}
+    """Done/total per recipe of run, and an ETA: each recipe's runs left times the mean time of its runs finished in
+    this process, over `jobs`; none until every recipe with runs left has a finished one."""
+    recipes = {}
     for r in runs:
-        done, total = kinds.get(r.kind, (0, 0))
-        kinds[r.kind] = (done + (states[r.id] == "done"), total + 1)
-    counts = ", ".join(f"{kind} {done}/{total}" for kind, (done, total) in kinds.items())
-    left = {kind: total - done for kind, (done, total) in kinds.items() if total > done}
+        done, total = recipes.get(r.recipe, (0, 0))
+        recipes[r.recipe] = (done + (states[r.id] == "done"), total + 1)
+    counts = ", ".join(f"{recipe} {done}/{total}" for recipe, (done, total) in recipes.items())
+    left = {recipe: total - done for recipe, (done, total) in recipes.items() if total > done}
     if not left:
         return counts
-    if any(not durations.get(kind) for kind in left):
-        return f"{counts}; ETA after a run of each kind"
-    seconds = sum(n * sum(durations[kind]) / len(durations[kind]) for kind, n in left.items()) / max(1, jobs)
-    return f"{counts}; ETA {f'{seconds:.0f} s' if seconds < 90 else f'{seconds / 60:.0f} min'} by kind"
+    if any(not durations.get(recipe) for recipe in left):
+        return f"{counts}; ETA after a run of each recipe"
+    seconds = sum(n * sum(durations[recipe]) / len(durations[recipe]) for recipe, n in left.items()) / max(1, jobs)
+    return f"{counts}; ETA {f'{seconds:.0f} s' if seconds < 90 else f'{seconds / 60:.0f} min'} by recipe"

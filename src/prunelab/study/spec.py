@@ -26,7 +26,7 @@ from ..config import from_dict
 from ..data.glue import get_task
 from ..methods.kd_losses import DistillSettings
 from ..methods.layer_drop import STRATEGIES
-from ..methods.structured import SCOPES as UNIT_SCOPES
+from ..methods.structured import UNIT_SCOPES
 from ..scores import CRITERIA
 from ..select import SCOPES
 from ..errors import InputError, MissingInputError

@@ -12,6 +12,8 @@ from ..io import check_apart, mark_output, read_json, write_json
 from .spec import SECTIONS, StudySpec, spec_dict
 
 STUDY_FILE = "study.json"
+# In runs/<id>/: the finished run's record, a failed run's record, and the output of its attempts.
+RESULT_FILE, ERROR_FILE, LOG_FILE = "result.json", "error.json", "run.log"
 
 
 def init_study_dir(spec: StudySpec, root: str | os.PathLike, data_dir: Path | None) -> Path:
