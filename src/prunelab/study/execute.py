@@ -7,7 +7,6 @@ The process that executes a run holds its claim (``claims.hand_over``) and renew
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..io import reached, write_json
+from ..logs import SayOnce, to_file
 from . import claims
 from .plan import expand
 from .recipes import RECIPES
@@ -91,23 +91,10 @@ def _output_to(path: Path, header: str):
         os.close(saved[1])
 
 
-@contextmanager
-def logged_in_process(d: Path):
-    """A run executed in the driver's own process: its log records and warnings go to its ``run.log`` (the console
-    keeps the study's progress bar)."""
-    handler = logging.FileHandler(d / LOG_FILE)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("prunelab", "transformers", "py.warnings")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    logging.captureWarnings(True)
-    try:
-        yield
-    finally:
-        logging.captureWarnings(False)
-        for logger in loggers:
-            logger.removeHandler(handler)
-        handler.close()
+def logged_in_process(d: Path, console: SayOnce | None = None):
+    """A run executed in the driver's own process: its log records and warnings go to its ``run.log``, not between
+    the study's progress bars; `console` says each warning once."""
+    return to_file(d / LOG_FILE, console)
 
 
 def _quiet() -> None:

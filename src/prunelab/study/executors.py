@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..logs import SayOnce
 from .execute import execute_claimed, execute_logged, logged_in_process
 from .plan import Run
 from .spec import Resources
@@ -33,6 +34,7 @@ class LocalExecutor:
     def __init__(self, *, jobs: int = 1, **_):
         self.jobs, self.procs = jobs, []
         self.synchronous = jobs == 1
+        self.console = SayOnce("details in each run's run.log")  # a warning of every run, said once
         self.ended: list[tuple[Run, int]] = []
 
     def has_room(self) -> bool:
@@ -44,7 +46,7 @@ class LocalExecutor:
     def start(self, root: Path, run: Run, attempt: int) -> None:
         d = run_dir(root, run.id)
         if self.jobs == 1:
-            with logged_in_process(d):
+            with logged_in_process(d, self.console):
                 execute_claimed(root, run.id, attempt)
             self.ended.append((run, attempt))
             return
