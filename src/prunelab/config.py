@@ -10,12 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .schedules import SCHEDULES
-from .scores import CRITERIA
+from .scores import CRITERIA, DURING_TRAINING
 from .select import SCOPES, parse_structure
 from .targets import parse_kinds
 from .errors import InputError
 
 MODES = ("enforced", "free")
+# Every criterion a PruningConfig names: the score functions (``scores.CRITERIA``) and SparseGPT, which chooses
+# masks while it updates the weights (``methods.sparsegpt``). The calibrated ones prune one-shot over calibration
+# data (``prunelab prune``); the training ones accumulate their scores while the model trains.
+CRITERION_NAMES = (*CRITERIA, "sparsegpt")
+CALIBRATED = ("wanda", "sparsegpt")
+TRAINING_ONLY = DURING_TRAINING
 T = TypeVar("T")
 
 
@@ -25,8 +31,10 @@ class PruningConfig:
 
     Attributes:
         sparsity: Final fraction of zeros in [0, 1], per target (``scope='matrix'``) or overall.
-        criterion: ``magnitude`` or ``random`` (see ``scores.CRITERIA``).
-        scope: ``matrix`` (a threshold per target, the paper's default) or ``global`` (one threshold).
+        criterion: ``magnitude``, ``random``, ``movement`` (while training), ``wanda`` or ``sparsegpt`` (one-shot
+            over calibration data); see ``CRITERION_NAMES``.
+        scope: ``matrix`` (a threshold per target, the paper's default), ``global`` (one threshold), or ``row``
+            (one per output row: Wanda's group; one-shot only).
         schedule: ``oneshot``, ``cubic`` or ``constant`` (see ``schedules``).
         initial_sparsity: s_i of the cubic schedule.
         start_step, end_step: t0 and t1 of the schedule (optimizer steps); ``oneshot`` prunes at t0.
@@ -65,10 +73,16 @@ class PruningConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} {value!r} is outside [0, 1]; pass the fraction of zeros, e.g. 0.5")
-        _check_choice("criterion", self.criterion, sorted(CRITERIA))
+        _check_choice("criterion", self.criterion, CRITERION_NAMES)
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("mode", self.mode, MODES)
+        if self.scope == "row" and self.schedule != "oneshot":
+            raise InputError(f"scope row is for one-shot pruning (a row's count does not grow monotonically along a "
+                             f"schedule); use scope matrix with the {self.schedule} schedule")
+        if self.criterion == "sparsegpt" and self.scope != "matrix":
+            raise InputError(f"sparsegpt chooses each matrix's mask block by block as it reconstructs; scope "
+                             f"{self.scope} does not apply: drop --scope (matrix)")
         if self.start_step < 0:
             raise InputError(f"start_step {self.start_step} is negative; steps count from 0")
         if self.update_every < 1:
@@ -190,6 +204,18 @@ def check_number(flag: str, value, *, low: float | None = None, high: float | No
         bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
         raise InputError(f"{flag} {value!r} must be {'a whole number' if integer else 'a number'}"
                          + (f" {' and '.join(bounds)}" if bounds else ""))
+
+
+def check_criterion(criterion: str, allowed: tuple[str, ...], where: str) -> None:
+    """Raise ``InputError`` unless `criterion` is one `where` (a command) can use, saying which can and why."""
+    if criterion in allowed:
+        return
+    why = ("it prunes one-shot over calibration data: use prunelab prune --criterion "
+           f"{criterion} --calibration TASK" if criterion in CALIBRATED else
+           "it accumulates its scores while the model trains: use fine-tune, distill-prune or pretrain"
+           if criterion in TRAINING_ONLY else "")
+    raise InputError(f"--criterion {criterion} does not apply to {where}" + (f" ({why})" if why else "")
+                     + f"; allowed there: {', '.join(allowed)}")
 
 
 def label(value: float, spec: str = ".2f") -> str:

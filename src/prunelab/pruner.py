@@ -30,18 +30,19 @@ import torch
 from torch import nn
 
 from .config import PruningConfig
-from .io import read_json, write_json
+from .io import atomic_output, read_json, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
 from .optimizer_state import SECOND_MOMENT_FILL, holds_zeros, is_tidy, refill_interval, tidy
 from .sparsity import mask_sparsity, sparsity_report
 from .schedules import is_update_step, sparsity_at
 from .select import compute_masks, nm_masks, num_to_prune, parse_structure
 from .targets import Target, get_parameter, input_axis, resolve_targets
-from .errors import MissingInputError
+from .errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "pruner_state.json"
+MOVEMENT_FILE = "movement_scores.safetensors"
 
 
 class Pruner:
@@ -69,6 +70,9 @@ class Pruner:
         self.optimizer: torch.optim.Optimizer | None = None  # see attach_optimizer
         self._tidied: dict[str, list] = {}  # target -> weak references to its optimizer state, as last tidied
         self._steps_since_tidy = 0
+        # movement: S = -Σ W ⊙ ∂L/∂W per target, accumulated by a gradient hook at every backward pass
+        self.movement: dict[str, torch.Tensor] = {}
+        self._movement_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._bind()
         if masks is not None:
             self.set_masks(masks, sparsity=None)
@@ -108,18 +112,22 @@ class Pruner:
         """Recompute masks at `sparsity` with the configured criterion and scope, zero the pruned weights,
         and check the realized sparsity."""
         cfg = self.config
+        if cfg.criterion in ("wanda", "sparsegpt"):
+            raise InputError(f"criterion {cfg.criterion} prunes one-shot over calibration data (prunelab prune "
+                             "--calibration, or prunelab.oneshot.prune); the Pruner's schedule cannot use it")
         self._bind()
         weights = {t.name: self._params[t.name].detach() for t in self.targets}
+        stats = self._movement_scores() if cfg.criterion == "movement" else None
         previous = None if cfg.regrow or not self.masks else self.masks
         if cfg.structure:  # N:M: exact in every group of M along each target's input dimension
             m = parse_structure(cfg.structure)[1]
             pruned = round(sparsity * m)  # the schedule's sparsity in whole weights per group (cubic: 4:4, 3:4, 2:4)
             sparsity = pruned / m
             masks = nm_masks(weights, f"{m - pruned}:{m}", criterion=cfg.criterion, seed=cfg.seed, previous=previous,
-                             input_axes={t.name: input_axis(t) for t in self.targets})
+                             input_axes={t.name: input_axis(t) for t in self.targets}, stats=stats)
         else:
             masks = compute_masks(weights, sparsity, criterion=cfg.criterion, scope=cfg.scope, seed=cfg.seed,
-                                  previous=previous)
+                                  previous=previous, stats=stats, input_axes={t.name: input_axis(t) for t in self.targets})
         self._check_counts(masks, sparsity)
         self.set_masks(masks, sparsity=sparsity)
         self.last_update_step = step
@@ -271,6 +279,35 @@ class Pruner:
         if replaced and self._hooks:
             self.remove_hooks()
             self._register_grad_hooks()
+        if self.config.criterion == "movement" and (replaced or not self._movement_hooks):
+            self._track_movement()
+
+    def _track_movement(self) -> None:
+        """Accumulate S -= W ⊙ g for every target at every backward pass (a tensor hook: it sees each backward's own
+        gradient, so gradient accumulation over micro-batches adds up, as the optimizer's step does)."""
+        for handle in self._movement_hooks:
+            handle.remove()
+        self._movement_hooks = []
+        for name, param in self._params.items():
+            score = self.movement.get(name)
+            if score is None or score.shape != param.shape or score.device != param.device:
+                self.movement[name] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+
+            def accumulate(grad: torch.Tensor, name: str = name, param: nn.Parameter = param) -> None:
+                self.movement[name].sub_(param.detach().float() * grad.float())
+
+            self._movement_hooks.append(param.register_hook(accumulate))
+
+    def _movement_scores(self) -> dict[str, torch.Tensor]:
+        """The accumulated movement scores; summed over the ranks of a data-parallel launch, so that every rank
+        chooses the same masks."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for score in self.movement.values():
+                dist.all_reduce(score)  # each rank saw its own batches; the sum is the whole batch's
+                score.div_(dist.get_world_size())
+        return self.movement
 
     def _register_grad_hooks(self) -> None:
         # After accumulation, in place: before clipping and the optimizer see the gradient.
@@ -290,7 +327,8 @@ class Pruner:
 
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "last_update_step": self.last_update_step,
-                "target_sparsity": self.target_sparsity, "masks": {n: m.cpu() for n, m in self.masks.items()}}
+                "target_sparsity": self.target_sparsity, "masks": {n: m.cpu() for n, m in self.masks.items()},
+                "movement": {n: s.cpu() for n, s in self.movement.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.config = PruningConfig.from_dict(state["config"], "pruner state")
@@ -302,6 +340,9 @@ class Pruner:
         if state["masks"]:
             self.set_masks(state["masks"], sparsity=state["target_sparsity"])
         self.last_update_step = state["last_update_step"]
+        for name, score in (state.get("movement") or {}).items():
+            if name in self.movement:
+                self.movement[name].copy_(score)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``masks.safetensors`` and ``pruner_state.json`` into `directory` (e.g. a training checkpoint)."""
@@ -309,6 +350,12 @@ class Pruner:
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         save_masks(state.pop("masks"), directory / MASKS_FILE)
+        movement = state.pop("movement")
+        if movement:  # a resumed run continues with the scores accumulated so far
+            from safetensors.torch import save_file
+
+            with atomic_output(directory / MOVEMENT_FILE) as tmp:
+                save_file({n: s.contiguous() for n, s in movement.items()}, str(tmp))
         write_json(directory / STATE_FILE, state)
 
     def load(self, directory: str | os.PathLike) -> None:
@@ -319,5 +366,9 @@ class Pruner:
             raise MissingInputError(f"no pruner state in {directory} (expected {STATE_FILE}); was it saved with Pruner.save?")
         state = read_json(state_path, "pruner state")
         state["masks"] = load_masks(directory / MASKS_FILE) if (directory / MASKS_FILE).is_file() else {}
+        if (directory / MOVEMENT_FILE).is_file():
+            from safetensors.torch import load_file
+
+            state["movement"] = load_file(str(directory / MOVEMENT_FILE))
         self.load_state_dict(state)
 

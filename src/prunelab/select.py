@@ -3,6 +3,8 @@
 Scopes:
     ``matrix``: a threshold per target; each target loses exactly round(s * n_i) weights.
     ``global``: one threshold over all targets; exactly round(s * N) weights go in total.
+    ``row``: a threshold per output row (Wanda's comparison group): each row of a target, along its input axis,
+        loses round(s * cols) weights, give or take one so that the target loses exactly round(s * n_i).
 N:M structure (``nm_masks``): in every group of M consecutive weights along a target's input dimension exactly N
 are kept, the N best-scored (ties by position); the sparsity is 1 - N/M in every target.
 
@@ -24,7 +26,7 @@ from .scores import get_criterion
 from ._moved import forwarder
 from .errors import InputError
 
-SCOPES = ("matrix", "global")
+SCOPES = ("matrix", "global", "row")
 _INT32_MIN = -(2**31)  # key reserved for weights already pruned under monotone masks
 
 
@@ -82,6 +84,8 @@ def compute_masks(
     scope: str = "matrix",
     seed: int = 0,
     previous: Mapping[str, torch.Tensor] | None = None,
+    stats: Mapping[str, torch.Tensor] | None = None,
+    input_axes: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks that prune exactly round(`sparsity` * n) weights per scope, lowest scores first.
 
@@ -93,6 +97,8 @@ def compute_masks(
         seed: Seed of stochastic criteria.
         previous: Keep masks from an earlier update; weights they prune stay pruned (monotone masks).
             The new sparsity must then be at least the previous one in each scope.
+        stats: Target name -> what the criterion needs beyond the weight (``scores``: movement, Wanda).
+        input_axes: Target name -> its input axis (``row`` scope; default the last).
 
     Returns:
         Target name -> bool keep mask (True = kept) of the weight's shape and device.
@@ -107,8 +113,12 @@ def compute_masks(
     score_fn = get_criterion(criterion)
     names = list(weights)
 
+    if scope == "row":
+        return row_masks(weights, sparsity, criterion=criterion, seed=seed, previous=previous, stats=stats,
+                         input_axes=input_axes)
+
     def keys_of(name: str) -> torch.Tensor:
-        keys = _to_keys_(score_fn(weights[name], name=name, seed=seed), name)
+        keys = _to_keys_(score_fn(weights[name], name=name, seed=seed, stat=(stats or {}).get(name)), name)
         if previous is not None:
             keys.masked_fill_(~previous[name].view(-1).to(keys.device), _INT32_MIN)
         return keys
@@ -138,6 +148,34 @@ def compute_masks(
     return {n: select([n], cached=keys_of(n))[n] for n in names}
 
 
+def row_masks(weights: Mapping[str, torch.Tensor], sparsity: float, *, criterion: str = "magnitude", seed: int = 0,
+              previous: Mapping[str, torch.Tensor] | None = None, stats: Mapping[str, torch.Tensor] | None = None,
+              input_axes: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Masks that prune the lowest-scored weights of each output row (along each target's input axis, default the
+    last): row r of a target with `cols` inputs loses round(s·cols·(r+1)) − round(s·cols·r) weights, so every row
+    loses round(s·cols) give or take one and the target exactly round(s·n). Ties go by position; weights
+    `previous` prunes go first."""
+    score_fn = get_criterion(criterion)
+    masks = {}
+    for name, weight in weights.items():
+        axis = (input_axes or {}).get(name, -1) % weight.dim()
+        scores = score_fn(weight, name=name, seed=seed, stat=(stats or {}).get(name)).to(torch.float32)
+        if bool(torch.isnan(scores).any()):
+            raise InputError(f"scores of {name!r} contain NaN; the weights are corrupt")
+        if previous is not None:
+            scores = scores.masked_fill(~previous[name].to(scores.device), float("-inf"))
+        moved = scores.movedim(axis, -1)
+        rows = moved.reshape(-1, moved.shape[-1])
+        cols = rows.shape[1]
+        bounds = torch.round(sparsity * cols * torch.arange(rows.shape[0] + 1, dtype=torch.float64)).long()
+        counts = (bounds[1:] - bounds[:-1]).to(rows.device)  # weights each row loses
+        order = torch.sort(rows, dim=1, stable=True).indices  # lowest first, ties by position
+        pruned = torch.arange(cols, device=rows.device).unsqueeze(0) < counts.unsqueeze(1)
+        keep = torch.ones_like(rows, dtype=torch.bool).scatter_(1, order, ~pruned)
+        masks[name] = keep.reshape(moved.shape).movedim(-1, axis).contiguous()
+    return masks
+
+
 def parse_structure(structure: str) -> tuple[int, int]:
     """``"N:M"`` as ``(N, M)``, 0 <= N <= M, M >= 1."""
     try:
@@ -151,7 +189,7 @@ def parse_structure(structure: str) -> tuple[int, int]:
 
 def nm_masks(weights: Mapping[str, torch.Tensor], structure: str, *, criterion: str = "magnitude", seed: int = 0,
              input_axes: Mapping[str, int] | None = None, previous: Mapping[str, torch.Tensor] | None = None,
-             ) -> dict[str, torch.Tensor]:
+             stats: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Keep masks with exactly N kept in every group of M consecutive weights along each target's input axis
     (`input_axes`: name -> axis, default the last), the N highest-scored, ties broken by position; weights
     `previous` prunes stay pruned while a group has enough others.
@@ -167,7 +205,7 @@ def nm_masks(weights: Mapping[str, torch.Tensor], structure: str, *, criterion: 
         if weight.shape[axis] % m:
             raise InputError(f"{name!r}: its input dimension ({weight.shape[axis]}) is not a multiple of {m}, so it "
                              f"has no {n}:{m} structure; exclude its kind or choose another M")
-        scores = score_fn(weight, name=name, seed=seed).to(torch.float32)
+        scores = score_fn(weight, name=name, seed=seed, stat=(stats or {}).get(name)).to(torch.float32)
         if previous is not None:
             scores = scores.masked_fill(~previous[name].to(scores.device), float("-inf"))
         moved = scores.movedim(axis, -1)

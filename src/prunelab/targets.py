@@ -150,6 +150,8 @@ class Architecture:
             limit).
         sentence_token: Where the token that stands for the sentence is: ``first`` ([CLS]) or ``last`` (XLNet's
             <cls> closes the sequence).
+        sequence_first: Whether the encoder layers' hidden states are ``(seq, batch, dim)`` (XLNet) rather than
+            ``(batch, seq, dim)``.
     """
 
     targets: dict[str, str]
@@ -158,6 +160,7 @@ class Architecture:
     units: Units
     positions: str = "absolute"
     sentence_token: str = "first"
+    sequence_first: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -167,7 +170,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "electra": Architecture(_TARGETS["electra"], "encoder.layer", "num_hidden_layers", _UNITS["electra"]),
     "distilbert": Architecture(_TARGETS["distilbert"], "transformer.layer", "n_layers", _UNITS["distilbert"]),
     "xlnet": Architecture(_TARGETS["xlnet"], "layer", "n_layer", _UNITS["xlnet"], positions="relative",
-                          sentence_token="last"),
+                          sentence_token="last", sequence_first=True),
 }
 
 # Kinds every supported model must resolve; a table entry that matches none of them is a bug, not a model.

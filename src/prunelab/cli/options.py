@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..scores import CRITERIA
+from ..config import CRITERION_NAMES
 from ..select import SCOPES
 from ..errors import InputError
 
@@ -19,9 +19,13 @@ def add_out(p, help: str = "output directory (must be absent or empty)") -> None
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
 
 
-def add_criterion_and_scope(p) -> None:
-    p.add_argument("--criterion", choices=sorted(CRITERIA), default="magnitude")
-    p.add_argument("--scope", choices=SCOPES, default="matrix", help="a threshold per matrix, or one over all targets")
+def add_criterion_and_scope(p, allowed: tuple[str, ...] = ("magnitude", "random", "movement"), scope_default="matrix") -> None:
+    """--criterion (any name: a command that cannot use one says why in one line) and --scope."""
+    p.add_argument("--criterion", choices=CRITERION_NAMES, default="magnitude", metavar="CRITERION",
+                   help=f"which weights go: {', '.join(allowed)} (default magnitude)")
+    p.add_argument("--scope", choices=SCOPES, default=scope_default,
+                   help="a threshold per matrix, one over all targets, or one per output row (one-shot only)"
+                        + ("" if scope_default else "; default: row for wanda, matrix otherwise"))
 
 
 def add_trainer_options(p, *, batch_size: int = 32) -> None:

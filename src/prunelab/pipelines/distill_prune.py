@@ -28,7 +28,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from ..artifact import load_model, load_tokenizer
-from ..config import PruningConfig, versions
+from ..config import PruningConfig, check_criterion, versions
 from ..data.glue import Task, compute_metrics, get_task
 from ..integrations.hf_trainer import attach, quiet
 from ..methods.kd_losses import DistillSettings, DistillWeights, distill_terms, layer_map, total_loss
@@ -62,6 +62,7 @@ class DistillConfig(GlueOptions, DistillSettings):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
             self.weights()  # validates the loss weights
+        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab distill-prune")
         self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
 
     def pruning_config(self, total_steps: int) -> PruningConfig:

@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
 from ..artifact import load_config, load_model, load_tokenizer, save_artifact
-from ..config import PruningConfig, versions
+from ..config import PruningConfig, check_criterion, versions
 from ..data.corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
 from ..io import read_json
 from ..integrations.hf_trainer import attach, quiet
@@ -91,6 +91,7 @@ class PretrainConfig(RunOptions):
         check_number("max_dev_blocks", self.max_dev_blocks, low=1, integer=True)
         if self.max_train_lines is not None:
             check_number("max_train_lines", self.max_train_lines, low=1, integer=True)
+        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab pretrain")
         self.pruning_config()  # validates sparsity, criterion, scope and the schedule window
 
     def pruning_config(self) -> PruningConfig:

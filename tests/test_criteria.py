@@ -1,0 +1,258 @@
+"""The criteria beside magnitude: Wanda and SparseGPT (one-shot over calibration data), movement (while training).
+
+Each test asserts what fails if the criterion breaks: the formula, the reconstruction, exact counts, the
+accumulated scores, and bad input refused in one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import MODEL_TYPES, batch, tiny_model
+from glue_fixtures import glue_dir, save_tiny, write_corpus  # noqa: F401 (fixture)
+from prunelab import Pruner, PruningConfig, resolve_targets
+from prunelab.cli import main
+from prunelab.methods.layerwise import linear_targets
+from prunelab.methods.sparsegpt import sparsegpt_masks, sparsegpt_solve
+from prunelab.methods.wanda import wanda_masks
+from prunelab.scores import wanda
+from prunelab.select import compute_masks, num_to_prune
+
+
+def calibration(model_type: str, n: int = 3) -> list[dict]:
+    batches = [batch(model_type, size=4, length=10, seed=s) for s in range(n)]
+    for b in batches:
+        b["attention_mask"][:, 7:] = 0  # padding at the end of every sequence
+    return batches
+
+
+# -- Wanda ------------------------------------------------------------------------------------------
+
+
+def test_wanda_scores_are_weight_magnitude_times_input_norm():
+    weight = torch.tensor([[1.0, -2.0, 3.0], [-4.0, 5.0, -6.0]])
+    x = torch.tensor([[1.0, 0.0, 2.0], [2.0, 1.0, 0.0]])  # two tokens, three input features
+    norms = x.pow(2).sum(0).sqrt()  # ||X_j||_2 = (sqrt 5, 1, 2)
+    expected = torch.tensor([[5 ** 0.5, 2.0, 6.0], [4 * 5 ** 0.5, 5.0, 12.0]])
+    assert torch.allclose(wanda(weight, stat=norms), expected)
+    # the paper's group: per output row, the lowest score goes: feature 1 in both rows, though by magnitude alone
+    # both rows would lose feature 0
+    keep = compute_masks({"w": weight}, 1 / 3, criterion="wanda", scope="row", stats={"w": norms})["w"]
+    assert keep.tolist() == [[True, False, True], [True, False, True]]
+    assert compute_masks({"w": weight}, 1 / 3, scope="row")["w"].tolist() == [[False, True, True], [False, True, True]]
+
+
+def test_wanda_gathers_norms_over_real_tokens_only(monkeypatch):
+    """Padding never enters the statistics: padded positions filled with huge ids change nothing."""
+    model = tiny_model("bert")
+    clean = calibration("bert")
+    noisy = [{**b, "input_ids": torch.where(b["attention_mask"].bool(), b["input_ids"], torch.full_like(b["input_ids"], 5))}
+             for b in clean]
+    targets = resolve_targets(model)
+    a = wanda_masks(tiny_model("bert"), clean, targets, 0.5)
+    b = wanda_masks(tiny_model("bert"), noisy, targets, 0.5)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 1.0])
+def test_wanda_prunes_every_linear_target_exactly(model_type, sparsity):
+    model = tiny_model(model_type)
+    targets = resolve_targets(model)
+    masks = wanda_masks(model, calibration(model_type), targets, sparsity, scope="row")
+    linear = {n for layer in linear_targets(model, targets).values() for n in layer}
+    assert set(masks) == linear and linear  # every encoder linear layer, nothing else
+    for t in targets:
+        if t.name in masks:
+            assert int((~masks[t.name]).sum()) == num_to_prune(sparsity, t.numel)
+            assert bool((model.get_parameter(t.param_name)[~masks[t.name]] == 0).all())
+
+
+# -- SparseGPT --------------------------------------------------------------------------------------
+
+
+def naive_obs(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Optimal Brain Surgeon one weight at a time with the full inverse of the remaining columns' Hessian: for
+    column j, each pruned w_rj is removed and its error spread over columns j.. by [H_F^-1]_{0,:} / [H_F^-1]_00."""
+    w = weight.double().clone()
+    h = hessian.double().clone()
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    for j in range(w.shape[1]):
+        inverse = torch.linalg.inv(h[j:, j:])
+        for r in range(w.shape[0]):
+            if not keep[r, j]:
+                w[r, j:] -= w[r, j] / inverse[0, 0] * inverse[0, :]
+    return torch.where(keep, w, torch.zeros_like(w)).float()
+
+
+def layer_problem(rows=6, cols=12, tokens=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, cols, generator=g) @ torch.randn(cols, cols, generator=g)  # correlated inputs
+    return torch.randn(rows, cols, generator=g), x, 2.0 * x.t() @ x / tokens
+
+
+def test_sparsegpt_matches_naive_obs_on_a_tiny_layer():
+    weight, x, hessian = layer_problem()
+    pruned, keep = sparsegpt_solve(weight, hessian, 0.5, blocksize=12, percdamp=0.01)
+    assert torch.allclose(pruned, naive_obs(weight, hessian, keep, 0.01), atol=1e-5)
+    pruned4, keep4 = sparsegpt_solve(weight, hessian, 0.5, blocksize=4, percdamp=0.01)  # blocks: the same updates
+    assert torch.allclose(pruned4, naive_obs(weight, hessian, keep4, 0.01), atol=1e-5)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_sparsegpt_reconstructs_better_than_magnitude_at_the_same_size(sparsity):
+    weight, x, hessian = layer_problem(rows=16, cols=32, tokens=200)
+    pruned, keep = sparsegpt_solve(weight, hessian, sparsity, blocksize=8)
+    magnitude_keep = compute_masks({"w": weight}, sparsity)["w"]
+    assert int((~keep).sum()) == int((~magnitude_keep).sum()) == num_to_prune(sparsity, weight.numel())
+    error = torch.linalg.norm(x @ (weight - pruned).t())
+    magnitude_error = torch.linalg.norm(x @ (weight * magnitude_keep).t() - x @ weight.t())
+    assert error < magnitude_error
+
+
+def test_sparsegpt_2_4_keeps_two_of_every_four():
+    weight, x, hessian = layer_problem(rows=8, cols=16)
+    pruned, keep = sparsegpt_solve(weight, hessian, 0.5, structure="2:4", blocksize=8)
+    assert bool((keep.view(8, 4, 4).sum(-1) == 2).all()) and bool((pruned[~keep] == 0).all())
+
+
+def test_sparsegpt_is_deterministic_and_exact_on_every_architecture():
+    for model_type in MODEL_TYPES:
+        results = []
+        for _ in range(2):
+            model = tiny_model(model_type)
+            targets = resolve_targets(model)
+            masks = sparsegpt_masks(model, calibration(model_type), targets, 0.6, blocksize=8)
+            results.append((masks, {t.name: model.get_parameter(t.param_name).detach().clone() for t in targets}))
+            for t in targets:
+                if t.name in masks:
+                    assert int((~masks[t.name]).sum()) == num_to_prune(0.6, t.numel), (model_type, t.name)
+                    assert bool((model.get_parameter(t.param_name)[~masks[t.name]] == 0).all())
+        (m1, w1), (m2, w2) = results
+        assert all(torch.equal(m1[n], m2[n]) for n in m1) and all(torch.equal(w1[n], w2[n]) for n in w1)
+
+
+# -- the prune command ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("structure", [None, "2:4"])
+def test_prune_with_calibration_writes_an_exact_artifact(tmp_path, glue_dir, criterion, structure, capsys):  # noqa: F811
+    model = save_tiny(tmp_path / "m")
+    out = tmp_path / "out"
+    shape = ["--structure", structure, "--include", "query,key,value,attention_output,ffn_in"] if structure else \
+        ["--sparsity", "0.5"]
+    assert main(["prune", str(model), "--criterion", criterion, *shape, "--calibration", "rte", "--data-dir",
+                 str(glue_dir), "--calibration-samples", "8", "--max-seq-len", "32", "--out", str(out)]) == 0
+    info = json.loads((out / "prunelab.json").read_text())
+    assert info["calibration"]["samples"] == 8 and info["config"]["criterion"] == criterion
+    assert info["fallback"]["targets"] == ([] if structure else ["embeddings.word_embeddings.weight"])  # by magnitude
+    for row in info["report"]["targets"]:
+        assert row["zeros"] == num_to_prune(0.5, row["numel"])
+    from prunelab.masks_io import load_masks
+
+    for name, mask in load_masks(out / "masks.safetensors").items():
+        if structure:
+            assert bool((mask.view(mask.shape[0], -1, 4).sum(-1) == 2).all())
+
+
+def test_prune_with_a_calibration_corpus(tmp_path):
+    model = save_tiny(tmp_path / "m")
+    corpus = write_corpus(tmp_path / "c.txt", lines=60)
+    assert main(["prune", str(model), "--criterion", "wanda", "--sparsity", "0.5", "--calibration-corpus", str(corpus),
+                 "--calibration-samples", "4", "--max-seq-len", "16", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "prunelab.json").read_text())["calibration"]["source"] == "corpus"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["prune", "{m}", "--criterion", "wanda", "--sparsity", "0.5", "--out", "{o}"], "--criterion wanda needs calibration data"),
+    (["prune", "{m}", "--criterion", "sparsegpt", "--sparsity", "0.5", "--calibration", "rte", "--data-dir", "{g}",
+      "--out", "{o}"], "calibration asks for 128 sequences but the training split of rte gives 16"),
+    (["prune", "{m}", "--criterion", "movement", "--sparsity", "0.5", "--out", "{o}"],
+     "--criterion movement does not apply to prunelab prune (it accumulates its scores while the model trains"),
+    (["prune", "{m}", "--sparsity", "0.5", "--calibration", "rte", "--data-dir", "{g}", "--out", "{o}"],
+     "--calibration applies to --criterion wanda or sparsegpt, not magnitude"),
+    (["prune", "{m}", "--criterion", "sparsegpt", "--scope", "global", "--sparsity", "0.5", "--calibration", "rte",
+      "--data-dir", "{g}", "--out", "{o}"], "sparsegpt chooses each matrix's mask block by block"),
+    (["pretrain", "{m}", "--corpus", "{c}", "--steps", "2", "--sparsity", "0.5", "--criterion", "wanda", "--out", "{o}"],
+     "--criterion wanda does not apply to prunelab pretrain (it prunes one-shot over calibration data"),
+    (["finetune", "{m}", "--task", "rte", "--data-dir", "{g}", "--sparsity", "0.5", "--prune-after-epochs", "1",
+      "--criterion", "sparsegpt", "--out", "{o}"],
+     "--criterion sparsegpt does not apply to prunelab finetune"),
+])
+def test_bad_criterion_input_is_one_line_and_writes_nothing(tmp_path, glue_dir, capsys, argv, says):  # noqa: F811
+    names = {"m": str(save_tiny(tmp_path / "m")), "o": str(tmp_path / "out"), "g": str(glue_dir),
+             "c": str(write_corpus(tmp_path / "c.txt"))}
+    assert main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "out").exists()
+
+
+# -- movement -----------------------------------------------------------------------------------------
+
+
+def test_movement_scores_are_minus_the_sum_of_weight_times_gradient():
+    torch.manual_seed(0)
+    model = tiny_model("bert")
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = {t.name: torch.zeros(t.shape) for t in pruner.targets}
+    for step in range(3):
+        out = model(**batch("bert", seed=step)).last_hidden_state.pow(2).mean()
+        out.backward()
+        for t in pruner.targets:
+            p = model.get_parameter(t.param_name)
+            if p.grad is not None:  # the pooler is not on this loss's path
+                expected[t.name] -= p.detach() * p.grad  # before the optimizer moves it
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, score in expected.items():
+        assert torch.allclose(pruner.movement[name], score, atol=1e-6)
+
+
+def test_movement_prunes_weights_moving_to_zero_that_magnitude_keeps():
+    """A toy regression whose gradient pulls the large weights to zero and pushes the small ones out: movement
+    prunes the large shrinking ones, magnitude the small growing ones."""
+    torch.manual_seed(0)
+    model = tiny_model("bert")
+    name = "encoder.layer.0.output.dense.weight"
+    target = next(t for t in resolve_targets(model) if t.name == name)
+    weight = model.get_parameter(target.param_name)
+    with torch.no_grad():
+        weight.copy_(torch.linspace(0.01, 1.0, weight.numel()).view_as(weight))
+    goal = torch.linspace(1.0, 0.01, weight.numel()).view_as(weight)  # large weights should shrink, small ones grow
+    config = dict(sparsity=0.5, include=["ffn_out"], layers=[0], schedule="oneshot")
+    pruner = Pruner(model, PruningConfig(criterion="movement", **config))
+    optimizer = torch.optim.SGD([weight], lr=0.05)
+    for _ in range(5):
+        (weight - goal).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    magnitude = compute_masks({name: weight.detach()}, 0.5)[name]
+    pruner.update_masks(0.5, step=5)
+    moved = pruner.masks[name]
+    large_first = torch.arange(weight.numel()).view_as(weight) >= weight.numel() // 2
+    assert bool(moved[~large_first].all()) and not bool(moved[large_first].any())  # the shrinking half goes
+    assert bool(magnitude[large_first].all())  # magnitude keeps those (still the larger weights after 5 steps)
+
+
+def test_movement_scores_survive_save_and_load(tmp_path):
+    model = tiny_model("bert")
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))
+    model(**batch("bert")).last_hidden_state.sum().backward()
+    pruner.step(0)
+    pruner.save(tmp_path / "ckpt")
+    again = Pruner(tiny_model("bert"), PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))
+    again.load(tmp_path / "ckpt")
+    assert all(torch.equal(again.movement[n], pruner.movement[n].cpu()) for n in pruner.movement)
+
+
+def test_a_calibrated_criterion_is_refused_by_the_pruners_schedule():
+    pruner = Pruner(tiny_model("bert"), PruningConfig(sparsity=0.5, criterion="wanda", schedule="cubic", end_step=10))
+    with pytest.raises(ValueError, match="prunes one-shot over calibration data"):
+        pruner.step(0)
+    assert isinstance(pruner.model, nn.Module)
