@@ -256,3 +256,34 @@ def test_a_calibrated_criterion_is_refused_by_the_pruners_schedule():
     with pytest.raises(ValueError, match="prunes one-shot over calibration data"):
         pruner.step(0)
     assert isinstance(pruner.model, nn.Module)
+
+
+def test_distill_prune_by_movement_holds_exact_masks_that_plain_transformers_loads(tmp_path, glue_dir, capsys):  # noqa: F811
+    import transformers
+
+    from prunelab.masks_io import load_masks
+
+    student = save_tiny(tmp_path / "student")
+    masks = {}
+    for criterion in ("movement", "magnitude"):
+        out = tmp_path / criterion
+        assert main(["distill-prune", str(student), "--teacher", "none", "--task", "mrpc", "--data-dir", str(glue_dir),
+                     "--sparsity", "0.6", "--criterion", criterion, "--lr", "1e-3", "--epochs", "2", "--batch-size", "4",
+                     "--max-seq-len", "16", "--save-model", "--out", str(out)]) == 0
+        assert f"({criterion} pruning, task loss only)" in capsys.readouterr().out
+        assert json.loads((out / "metrics.json").read_text())["sparsity"] == pytest.approx(0.6, abs=1e-3)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(out / "model")
+        masks[criterion] = load_masks(out / "model" / "masks.safetensors")
+        for name, mask in masks[criterion].items():
+            assert bool((model.bert.get_parameter(name).detach()[~mask] == 0).all())
+            assert int((~mask).sum()) == num_to_prune(0.6, mask.numel())
+    # the same data, budget and seed: movement chose other weights than magnitude did
+    assert any(not torch.equal(masks["movement"][n], masks["magnitude"][n]) for n in masks["movement"])
+
+
+def test_pretrain_by_movement_reaches_the_exact_sparsity(tmp_path):
+    out = tmp_path / "run"
+    assert main(["pretrain", str(save_tiny(tmp_path / "m")), "--corpus", str(write_corpus(tmp_path / "c.txt")),
+                 "--steps", "4", "--prune-end", "4", "--prune-every", "2", "--sparsity", "0.5", "--criterion", "movement",
+                 "--batch-size", "4", "--max-seq-len", "16", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["sparsity"] == pytest.approx(0.5, abs=1e-3)
