@@ -9,7 +9,7 @@ memory (ru_maxrss) is its own; magnitude is the baseline, measured in the same r
 
 Accuracy (``--accuracy``): the packaged MiniLM-L6 fine-tuned on --train-examples of SST-2 (``../shared/data``) for
 --epochs at lr 1e-4, then pruned one-shot at 50/70/80% by each criterion (encoder linear layers only: ``--exclude
-embeddings,pooler``; calibration: 128 SST-2 training sentences) and evaluated on the dev set, no retraining.
+embeddings,pooler``; calibration: --calibration-samples SST-2 training sentences, default 128) and evaluated on the dev set, no retraining.
 
     python benchmarks/bench_criteria.py [--repeats 3] [--sparsity 0.5]
     python benchmarks/bench_criteria.py --accuracy [--data ../shared/data]
@@ -85,7 +85,7 @@ def accuracy(args) -> None:
     assert prunelab(["finetune", "minilm", "--task", "sst2", "--data-dir", str(data / "glue"), "--lr", "1e-4",
                      "--epochs", str(args.epochs), "--max-train-samples", str(args.train_examples), "--batch-size", "32",
                      "--max-seq-len", "64", "--save-model", "--out", str(tuned)]) == 0
-    dense = json.loads((tuned / "metrics.json").read_text())["dev_score"]
+    dense = 100 * dev_accuracy(tuned / "model", data / "glue")
     print(f"MiniLM-L6 fine-tuned on {args.train_examples} SST-2 examples, {args.epochs} epochs, lr 1e-4: dev accuracy "
           f"{dense:.1f} ({time.perf_counter() - started:.0f} s)")
     print(f"{'sparsity':>8} " + " ".join(f"{c:>10}" for c in ("magnitude", "wanda", "sparsegpt")))
@@ -93,17 +93,18 @@ def accuracy(args) -> None:
         row = []
         for criterion in ("magnitude", "wanda", "sparsegpt"):
             pruned = work / f"{criterion}-{sparsity}"
-            calibration = (["--calibration", "sst2", "--data-dir", str(data / "glue"), "--max-seq-len", "64"]
+            calibration = (["--calibration", "sst2", "--data-dir", str(data / "glue"), "--max-seq-len", "64",
+                            "--calibration-samples", str(args.calibration_samples)]
                            if criterion != "magnitude" else [])
             assert prunelab(["prune", str(tuned / "model"), "--criterion", criterion, "--sparsity", str(sparsity),
                              "--exclude", "embeddings,pooler", *calibration, "--out", str(pruned)]) == 0
-            row.append(dev_accuracy(pruned, data / "glue"))
+            row.append(100 * dev_accuracy(pruned, data / "glue"))
         print(f"{sparsity:>8.0%} " + " ".join(f"{score:>10.1f}" for score in row)
               + "   (drop from dense: " + ", ".join(f"{dense - score:.1f}" for score in row) + ")")
 
 
 def dev_accuracy(model_dir: Path, glue: Path) -> float:
-    """Accuracy (%) of the classifier in `model_dir` on SST-2's dev set, in batches of 64, 64 tokens."""
+    """Accuracy (a fraction) of the classifier in `model_dir` on SST-2's dev set, in batches of 64, 64 tokens."""
     import numpy as np
     import torch
 
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--train-examples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--calibration-samples", type=int, default=128, help="--accuracy: SST-2 training sentences")
     args = parser.parse_args()
     accuracy(args) if args.accuracy else speed(args)
 
