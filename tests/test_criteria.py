@@ -182,10 +182,13 @@ def test_prune_with_a_calibration_corpus(tmp_path):
     (["finetune", "{m}", "--task", "rte", "--data-dir", "{g}", "--sparsity", "0.5", "--prune-after-epochs", "1",
       "--criterion", "sparsegpt", "--out", "{o}"],
      "--criterion sparsegpt does not apply to prunelab finetune"),
+    (["distill-prune", "{m}", "--teacher", "none", "--task", "rte", "--data-dir", "{g}", "--sparsity", "0.5",
+      "--criterion", "wanda", "--out", "{o}"], "--criterion wanda does not apply to prunelab distill-prune"),
 ])
 def test_bad_criterion_input_is_one_line_and_writes_nothing(tmp_path, glue_dir, capsys, argv, says):  # noqa: F811
     names = {"m": str(save_tiny(tmp_path / "m")), "o": str(tmp_path / "out"), "g": str(glue_dir),
              "c": str(write_corpus(tmp_path / "c.txt"))}
+    capsys.readouterr()  # what saving the fixtures printed
     assert main([a.format(**names) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
@@ -287,3 +290,19 @@ def test_pretrain_by_movement_reaches_the_exact_sparsity(tmp_path):
                  "--steps", "4", "--prune-end", "4", "--prune-every", "2", "--sparsity", "0.5", "--criterion", "movement",
                  "--batch-size", "4", "--max-seq-len", "16", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_finetune_pruned_after_fine_tuning_by_movement(tmp_path, glue_dir):  # noqa: F811
+    """The scores of the dense epochs choose the mask at the pruning step (the pruner tracks them from the start)."""
+    from prunelab.masks_io import load_masks
+
+    model = save_tiny(tmp_path / "m", head="base")
+    masks = {}
+    for criterion in ("movement", "magnitude"):
+        out = tmp_path / criterion
+        assert main(["finetune", str(model), "--task", "rte", "--data-dir", str(glue_dir), "--sparsity", "0.5",
+                     "--prune-after-epochs", "1", "--epochs", "1", "--criterion", criterion, "--lr", "1e-3",
+                     "--batch-size", "4", "--max-seq-len", "16", "--save-model", "--out", str(out)]) == 0
+        assert json.loads((out / "metrics.json").read_text())["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        masks[criterion] = load_masks(out / "model" / "masks.safetensors")
+    assert any(not torch.equal(masks["movement"][n], masks["magnitude"][n]) for n in masks["movement"])
