@@ -306,3 +306,35 @@ def test_finetune_pruned_after_fine_tuning_by_movement(tmp_path, glue_dir):  # n
         assert json.loads((out / "metrics.json").read_text())["sparsity"] == pytest.approx(0.5, abs=1e-3)
         masks[criterion] = load_masks(out / "model" / "masks.safetensors")
     assert any(not torch.equal(masks["movement"][n], masks["magnitude"][n]) for n in masks["movement"])
+
+
+def test_distill_prune_by_soft_movement_reaches_its_target_and_saves_exact_zeros(tmp_path, glue_dir, capsys):  # noqa: F811
+    import transformers
+
+    from prunelab.masks_io import load_masks
+
+    out = tmp_path / "soft"
+    assert main(["distill-prune", str(save_tiny(tmp_path / "student")), "--teacher", "none", "--task", "mrpc",
+                 "--data-dir", str(glue_dir), "--sparsity", "0.5", "--criterion", "soft-movement", "--lr", "1e-3",
+                 "--epochs", "6", "--prune-end", "0.5", "--batch-size", "4", "--max-seq-len", "16", "--band", "0.05",
+                 "--save-model", "--out", str(out)]) == 0
+    assert "(soft-movement pruning, task loss only)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    run = metrics["runs"][0]
+    assert run["target_sparsity"] == 0.5 and 0.4 <= metrics["sparsity"] <= 0.6  # the control kept it near the target
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out / "model")  # no parametrization left
+    masks = load_masks(out / "model" / "masks.safetensors")
+    zeros = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert zeros == pytest.approx(metrics["sparsity"], abs=1e-6)
+    for name, mask in masks.items():
+        assert bool((model.bert.get_parameter(name).detach()[~mask] == 0).all())
+
+
+def test_soft_movement_is_refused_where_it_cannot_run(tmp_path, glue_dir, capsys):  # noqa: F811
+    model = str(save_tiny(tmp_path / "m"))
+    capsys.readouterr()
+    assert main(["pretrain", model, "--corpus", str(write_corpus(tmp_path / "c.txt")), "--steps", "2", "--sparsity", "0.5",
+                 "--criterion", "soft-movement", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--criterion soft-movement does not apply to prunelab pretrain" in err
+    assert not (tmp_path / "out").exists()

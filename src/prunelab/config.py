@@ -19,9 +19,9 @@ MODES = ("enforced", "free")
 # Every criterion a PruningConfig names: the score functions (``scores.CRITERIA``) and SparseGPT, which chooses
 # masks while it updates the weights (``methods.sparsegpt``). The calibrated ones prune one-shot over calibration
 # data (``prunelab prune``); the training ones accumulate their scores while the model trains.
-CRITERION_NAMES = (*CRITERIA, "sparsegpt")
+CRITERION_NAMES = (*CRITERIA, "sparsegpt", "soft-movement")
 CALIBRATED = ("wanda", "sparsegpt")
-TRAINING_ONLY = DURING_TRAINING
+TRAINING_ONLY = (*DURING_TRAINING, "soft-movement")  # soft movement learns its masks (methods.learned_masks)
 T = TypeVar("T")
 
 

@@ -61,14 +61,19 @@ class ScoreMask(nn.Module):
         return weight * straight_through_mask(self.scores, self.t_forward, self.t_backward).to(weight.dtype)
 
 
+REGULARIZERS = ("scores", "sigmoid")
+
+
 class MaskLearner:
-    """Learns binary masks over the frozen target weights of `model`; usable in any training loop.
+    """Learns binary masks over the target weights of `model` (frozen, or trained too: soft movement pruning);
+    usable in any training loop.
 
     In a loop: add ``learner.penalty()`` to the loss, step the optimizer (over ``learner.parameters()`` and
     whatever else trains), then call ``learner.update(step)``; at the end ``masks = learner.finish()``.
 
     Args:
-        model: A ``transformers`` model of a supported ``model_type``; its target weights are frozen here.
+        model: A ``transformers`` model of a supported ``model_type``; its target weights are frozen here unless
+            `train_weights`.
         sparsity: Final fraction of zeros over all targets, in [0, 1).
         penalty: λ of the sparsity penalty λ · Σθ.
         t_forward, t_backward: The sigmoid temperatures of the forward and backward pass; ``t_forward=None``
@@ -79,17 +84,24 @@ class MaskLearner:
         init_mean, init_std: The scores' normal initialisation.
         include, exclude, layers: Which targets get masks (see ``targets.resolve_targets``).
         seed: Seed of the scores' initialisation.
+        train_weights: Train the weights under their masks too (soft movement pruning, Sanh et al. 2020): their
+            gradient reaches them through the mask, and the scores learn from W ⊙ ∂L/∂(W ⊙ m), the movement.
+        regularizer: ``scores`` (λ · Σθ, adapting by pruning) or ``sigmoid`` (λ · Σσ(θ), soft movement's).
     """
 
     def __init__(self, model: nn.Module, sparsity: float, *, penalty: float = 1e-8, t_forward: float | None = None,
                  t_backward: float = 1.0, ramp_steps: int = 0, band: float = 0.01, init_mean: float = 0.01, init_std: float = 0.001,
-                 include=None, exclude=None, layers=None, seed: int = 0):
+                 include=None, exclude=None, layers=None, seed: int = 0, train_weights: bool = False,
+                 regularizer: str = "scores"):
         if not 0.0 <= sparsity < 1.0:
             raise InputError(f"sparsity {sparsity} is outside [0, 1); pass the fraction of zeros, e.g. 0.5")
+        if regularizer not in REGULARIZERS:
+            raise InputError(f"unknown regularizer {regularizer!r}; allowed: {', '.join(REGULARIZERS)}")
         if penalty < 0 or band < 0 or t_backward <= 0 or (t_forward is not None and t_forward <= 0) or ramp_steps < 0:
             raise InputError(f"penalty ({penalty}), band ({band}) and ramp_steps ({ramp_steps}) must be >= 0, the temperatures "
                              f"t_forward ({t_forward}) and t_backward ({t_backward}) > 0")
         self.model, self.sparsity, self.penalty_weight, self.ramp_steps, self.band = model, sparsity, penalty, ramp_steps, band
+        self.regularizer = regularizer
         self.targets: list[Target] = resolve_targets(model, include, exclude, layers)
         self.direction, self.target_sparsity = 1, sparsity if ramp_steps == 0 else 0.0
         self._masks: dict[str, ScoreMask] = {}
@@ -97,7 +109,7 @@ class MaskLearner:
         for t in self.targets:
             module, attr = self._owner(t)
             weight = getattr(module, attr)
-            weight.requires_grad_(False)
+            weight.requires_grad_(train_weights)
             scores = torch.empty(weight.shape, dtype=torch.float32).normal_(init_mean, init_std, generator=generator)
             self._masks[t.name] = ScoreMask(scores.to(weight.device), t_forward, t_backward)
             parametrize.register_parametrization(module, attr, self._masks[t.name])
@@ -126,11 +138,13 @@ class MaskLearner:
         return sum(int((s <= 0).sum()) for s in scores) / sum(s.numel() for s in scores)
 
     def penalty(self) -> torch.Tensor:
-        """±λ · Σθ, or 0 inside the band (a scalar tensor; see the module docstring)."""
+        """±λ · Σθ (``scores``) or ±λ · Σσ(θ) (``sigmoid``: soft movement's), or 0 inside the band (a scalar tensor;
+        see the module docstring)."""
         scores = list(self.parameters())
         if self.direction == 0 or self.penalty_weight == 0:
             return scores[0].new_zeros(())
-        return (self.direction * self.penalty_weight) * sum(s.sum() for s in scores)
+        term = (lambda s: s.sum()) if self.regularizer == "scores" else (lambda s: torch.sigmoid(s).sum())
+        return (self.direction * self.penalty_weight) * sum(term(s) for s in scores)
 
     def update(self, step: int) -> dict[str, float]:
         """After optimizer step `step`: the target of this step, and the penalty's direction for the next."""

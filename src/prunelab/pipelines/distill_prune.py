@@ -30,9 +30,11 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from ..artifact import load_model, load_tokenizer
 from ..config import PruningConfig, check_criterion, versions
 from ..data.glue import Task, compute_metrics, get_task
-from ..integrations.hf_trainer import attach, quiet
+from ..integrations.hf_trainer import MaskLearnerCallback, attach, quiet
 from ..methods.kd_losses import DistillSettings, DistillWeights, distill_terms, layer_map, total_loss
+from ..methods.learned_masks import MaskLearner
 from ..pruner import Pruner
+from ..sparsity import mask_sparsity
 from .common import check_number, last_checkpoint, optimizer_steps, training_arguments
 from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
 from ..errors import InputError, MissingInputError
@@ -50,6 +52,9 @@ class DistillConfig(GlueOptions, DistillSettings):
     criterion: str = "magnitude"
     scope: str = "matrix"
     weight_decay: float = 0.01
+    scores_lr: float = 1e-2  # soft-movement: the learning rate of the scores (Sanh et al.'s mask_scores_learning_rate)
+    penalty: float = 1e-4  # soft-movement: λ of ±λ·Σσ(S), switched by the target-sparsity control
+    band: float = 0.01  # soft-movement: realized sparsity this far above the target reverses the penalty
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,8 +67,17 @@ class DistillConfig(GlueOptions, DistillSettings):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
             self.weights()  # validates the loss weights
-        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab distill-prune")
-        self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
+        check_criterion(self.criterion, ("magnitude", "random", "movement", "soft-movement"), "prunelab distill-prune")
+        check_number("--scores-lr", self.scores_lr, low=0, low_open=True)
+        check_number("--penalty", self.penalty, low=0)
+        check_number("--band", self.band, low=0)
+        if self.criterion == "soft-movement":
+            check_number("--sparsity", self.sparsity, low=0, high=1, high_open=True)
+            if self.scope != "matrix":
+                raise InputError(f"soft-movement learns one threshold-free mask over all targets; --scope {self.scope} "
+                                 "does not apply: drop it")
+        else:
+            self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
 
     def pruning_config(self, total_steps: int) -> PruningConfig:
         return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, schedule="cubic",
@@ -134,8 +148,9 @@ class _DistillTrainer(Trainer):
     """A Trainer whose training loss is the distillation loss; evaluation keeps the plain task loss."""
 
     def __init__(self, *args, teacher=None, weights: DistillWeights | None = None, temperature: float = 1.0,
-                 regression: bool = False, **kwargs):
+                 regression: bool = False, learner: MaskLearner | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.learner = learner  # soft movement: its sparsity penalty joins the training loss
         self.loss_is_scaled_for_ga = False  # our loss is a per-batch mean: the Trainer divides by grad_accum
         self.teacher, self.weights, self.temperature, self.regression = teacher, weights, temperature, regression
         self.teacher_seconds = 0.0
@@ -143,6 +158,14 @@ class _DistillTrainer(Trainer):
         self._term_batches = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = self._distill_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.learner is None or not model.training:
+            return out
+        loss, outputs = out if return_outputs else (out, None)
+        loss = loss + self.learner.penalty()
+        return (loss, outputs) if return_outputs else loss
+
+    def _distill_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.teacher is None or not model.training:  # baseline, or evaluation: the task loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         flags = dict(output_attentions=self.weights.attention > 0, output_hidden_states=self.weights.hidden > 0)
@@ -189,17 +212,27 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     if teacher is not None and cfg.alpha_attention > 0:
         model.set_attn_implementation("eager")
     total_steps = optimizer_steps(cfg.epochs, len(data["train"]), cfg.batch_size, cfg.grad_accum)
+    soft = cfg.criterion == "soft-movement"
+    learner = optimizer = None
+    if soft:  # scores over every target, the weights trained under their masks; two learning rates
+        learner = MaskLearner(model, cfg.sparsity, penalty=cfg.penalty, ramp_steps=round(cfg.prune_end * total_steps),
+                              band=cfg.band, seed=cfg.seed, train_weights=True, regularizer="sigmoid")
+        scores = {id(p) for p in learner.parameters()}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scores]
+        optimizer = torch.optim.AdamW([{"params": list(learner.parameters()), "lr": cfg.scores_lr, "weight_decay": 0.0},
+                                       {"params": rest, "lr": lr, "weight_decay": cfg.weight_decay}])
     args = training_arguments(run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(), max_steps=total_steps,
-                              warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, save_strategy="epoch",
+                              warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                              save_strategy="no" if soft else "epoch",  # a model under masks' parametrizations
                               eval_strategy="no")
     trainer = _DistillTrainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer),
                               compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids), teacher=teacher,
                               weights=cfg.weights() if teacher is not None else None, temperature=cfg.temperature,
-                              regression=task.is_regression)
+                              regression=task.is_regression, learner=learner, optimizers=(optimizer, None))
     if not cfg.progress:
         quiet(trainer)
-    pruner = Pruner(model, cfg.pruning_config(total_steps))
-    attach(trainer, pruner)
+    pruner = None if soft else Pruner(model, cfg.pruning_config(total_steps))
+    attach(trainer, MaskLearnerCallback(learner) if soft else pruner)
     timer = _StepTimer()
     trainer.add_callback(timer)  # after the pruner's callback: a step's time includes its mask update
     if torch.cuda.is_available():
@@ -207,12 +240,17 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
     peak_memory_mb = _peak_memory_mb()
 
+    if soft:  # the learned masks (θ > 0) become plain zeros, held by a pruner for the report and the artifact
+        masks = learner.finish()
+        pruner = Pruner(model, PruningConfig(sparsity=mask_sparsity(*masks.values()), criterion="soft-movement",
+                                             schedule="constant"), masks=masks)
     report = pruner.sparsity_report()
-    if pruner.target_sparsity != cfg.sparsity:
+    if not soft and pruner.target_sparsity != cfg.sparsity:
         raise RuntimeError(f"the schedule ended at sparsity {pruner.target_sparsity}, not {cfg.sparsity}; "
                            f"end step {pruner.config.end_step} of {trainer.state.global_step}")
     result = {
         "lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"],
+        "target_sparsity": cfg.sparsity,  # soft movement reaches its own (within its band), and says so
         "steps": trainer.state.global_step, "seconds_per_step": timer.seconds / max(timer.steps, 1),
         "teacher_share": trainer.teacher_seconds / timer.seconds if timer.seconds else 0.0, "peak_memory_mb": peak_memory_mb,
     }
