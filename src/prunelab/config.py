@@ -212,7 +212,9 @@ def check_criterion(criterion: str, allowed: tuple[str, ...], where: str) -> Non
         return
     why = ("it prunes one-shot over calibration data: use prunelab prune --criterion "
            f"{criterion} --calibration TASK" if criterion in CALIBRATED else
-           "it accumulates its scores while the model trains: use fine-tune, distill-prune or pretrain"
+           "it learns its masks while fine-tuning: use prunelab distill-prune (--teacher none runs it without a "
+           "teacher)" if criterion == "soft-movement" else
+           "it accumulates its scores while the model trains: use finetune, distill-prune or pretrain"
            if criterion in TRAINING_ONLY else "")
     raise InputError(f"--criterion {criterion} does not apply to {where}" + (f" ({why})" if why else "")
                      + f"; allowed there: {', '.join(allowed)}")

@@ -240,8 +240,9 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
     peak_memory_mb = _peak_memory_mb()
 
-    if soft:  # the learned masks (θ > 0) become plain zeros, held by a pruner for the report and the artifact
-        masks = learner.finish()
+    reached = learner.realized_sparsity() if soft else None
+    if soft:  # the learned scores choose: the round(s·N) lowest go (exact, as every prunelab mask), held by a pruner
+        masks = learner.finish(exact=True)
         pruner = Pruner(model, PruningConfig(sparsity=mask_sparsity(*masks.values()), criterion="soft-movement",
                                              schedule="constant"), masks=masks)
     report = pruner.sparsity_report()
@@ -250,7 +251,8 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
                            f"end step {pruner.config.end_step} of {trainer.state.global_step}")
     result = {
         "lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"],
-        "target_sparsity": cfg.sparsity,  # soft movement reaches its own (within its band), and says so
+        "target_sparsity": cfg.sparsity,
+        **({"sparsity_at_end_of_training": reached} if soft else {}),  # soft movement's threshold S > 0 reached this
         "steps": trainer.state.global_step, "seconds_per_step": timer.seconds / max(timer.steps, 1),
         "teacher_share": trainer.teacher_seconds / timer.seconds if timer.seconds else 0.0, "peak_memory_mb": peak_memory_mb,
     }
