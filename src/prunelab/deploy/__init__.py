@@ -1,6 +1,7 @@
 """Deployment: what makes a pruned model smaller or faster where it runs, and measures it.
 
 ``compressed`` (compressed artifacts: compress, decompress), ``execution`` (sparse kernels where a measurement says
-they pay), ``speed`` (honest latency measurement), ``onnx`` (export checked in onnxruntime). Deployment reads
+they pay), ``speed`` (honest latency measurement), ``onnx`` (export checked in onnxruntime), ``quantize`` (INT8 by
+onnxruntime's dynamic quantization, checked against FP32). Deployment reads
 artifacts (``prunelab.artifact``); nothing below it imports it.
 """

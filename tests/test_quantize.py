@@ -1,0 +1,84 @@
+"""`prunelab quantize` and `export-onnx --quantize int8`: an INT8 graph, checked against FP32 before it is kept."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import transformers
+
+from conftest import tiny_model
+from glue_fixtures import WORDS, glue_dir  # noqa: F401 (fixture)
+from prunelab.cli import main
+from prunelab.deploy import quantize as Q
+
+
+def classifier(path):
+    """A tiny BERT classifier with a WordPiece tokenizer over the fixture words."""
+    tiny_model("bert", "cls").save_pretrained(path)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    transformers.BertTokenizerFast(vocab=str(vocab)).save_pretrained(path)
+    return path
+
+
+def op_types(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("flags, weight_type", [({"avx2", "avx512_vnni"}, "QInt8"), ({"avx2", "avx_vnni"}, "QInt8"),
+                                                ({"avx2"}, "QUInt8")])
+def test_settings_follow_the_cpu(flags, weight_type):
+    settings = Q.cpu_int8_settings(flags)
+    assert settings["weight_type"] == weight_type and settings["reduce_range"] is False and settings["why"]
+
+
+@pytest.mark.parametrize("command", ["quantize", "export-onnx"])
+def test_an_int8_graph_is_written_smaller_and_close_to_fp32(tmp_path, command, capsys):
+    model = classifier(tmp_path / "m")
+    out = tmp_path / "m.int8.onnx"
+    extra = ["--quantize", "int8"] if command == "export-onnx" else []
+    assert main([command, str(model), "--out", str(out), *extra]) == 0
+    said = capsys.readouterr().out
+    assert "INT8" in said and "weights Q" in said
+    ops = op_types(out)
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops  # the linear layers really run in 8 bits
+    assert main(["export-onnx", str(model), "--out", str(tmp_path / "fp32.onnx")]) == 0
+    assert out.stat().st_size < (tmp_path / "fp32.onnx").stat().st_size
+
+
+def test_an_onnx_file_is_quantized_and_checked_against_itself(tmp_path):
+    model = classifier(tmp_path / "m")
+    assert main(["export-onnx", str(model), "--out", str(tmp_path / "fp32.onnx")]) == 0
+    info = Q.quantize(str(tmp_path / "fp32.onnx"), tmp_path / "int8.onnx")
+    assert info["bytes"] < info["fp32_bytes"] and info["max_abs_diff"] < 0.2 * info["output_scale"]
+
+
+def test_with_a_task_the_dev_scores_are_compared_and_a_large_drop_writes_nothing(tmp_path, glue_dir, monkeypatch, capsys):  # noqa: F811
+    model = classifier(tmp_path / "m")
+    info = Q.quantize(str(model), tmp_path / "ok.onnx", task="rte", data_dir=str(glue_dir))
+    assert 0 <= info["dev_score_int8"] <= 100 and info["drop"] == info["dev_score_fp32"] - info["dev_score_int8"]
+    scores = iter([80.0, 70.0])  # FP32 then INT8: a 10-point drop
+    monkeypatch.setattr(Q, "dev_score", lambda *args, **kwargs: next(scores))
+    capsys.readouterr()
+    assert main(["quantize", str(model), "--task", "rte", "--data-dir", str(glue_dir), "--max-drop", "2",
+                 "--out", str(tmp_path / "bad.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a drop of 10.00 points over --max-drop 2" in err
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["quantize", "{m}", "--out", "{t}/x.bin"], "must name a .onnx file"),
+    (["quantize", "{t}/missing.onnx", "--out", "{t}/x.onnx"], "is not a file"),
+    (["quantize", "{m}", "--out", "{m}/x.onnx"], "lies inside the input"),
+    (["quantize", "{t}/fp32.onnx", "--task", "rte", "--out", "{t}/x.onnx"], "pass the model directory, not an .onnx file"),
+    (["export-onnx", "{m}", "--task", "rte", "--out", "{t}/x.onnx"], "they go with --quantize int8"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, says):
+    model = classifier(tmp_path / "m")
+    (tmp_path / "fp32.onnx").write_bytes(b"")
+    capsys.readouterr()
+    assert main([a.format(m=model, t=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "x.onnx").exists()
