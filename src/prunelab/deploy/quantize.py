@@ -13,6 +13,7 @@ weights, costs more accuracy). The result records which was used and why.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -74,8 +75,14 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as tmp:
         fp32 = Path(source) if is_onnx else Path(export_onnx(source, Path(tmp) / "fp32.onnx")["file"])
         int8 = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(fp32), str(int8), weight_type=getattr(QuantType, settings["weight_type"]),
-                         reduce_range=settings["reduce_range"])
+        root = logging.getLogger()  # onnxruntime's advice to pre-process (shape inference) is logged on the root
+        level = root.level  # logger at every call: not the user's concern
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            quantize_dynamic(str(fp32), str(int8), weight_type=getattr(QuantType, settings["weight_type"]),
+                             reduce_range=settings["reduce_range"])
+        finally:
+            root.setLevel(level)
         sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                     for name, path in (("fp32", fp32), ("int8", int8))}
         ids, mask = _inputs(60, 3, 11, seed=1)  # ids every vocabulary has (the tests' tiny ones hold 64)
