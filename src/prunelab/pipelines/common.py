@@ -7,6 +7,7 @@ decide its results and the identity of its model, tokenizer and data (``fingerpr
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import logging
@@ -239,6 +240,7 @@ def on_main_process(work):
 
     if not dist.is_initialized():  # the launcher's env:// rendezvous, which the Trainer's accelerate state then uses
         dist.init_process_group(timeout=timedelta(minutes=30))  # the Trainer's default ddp_timeout
+        atexit.register(_close_process_group)  # torn down before the interpreter is: gloo can abort in its destructor
     box = [None]
     if is_main_process():
         try:
@@ -248,8 +250,18 @@ def on_main_process(work):
     dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
     done, value = box[0]
     if not done:
+        dist.barrier()  # every rank has the error before any of them leaves the group
+        _close_process_group()
         raise value
     return value
+
+
+def _close_process_group() -> None:
+    """Destroy the default process group, if one is left (at exit, or when a launch stops on an error)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _check_same_run(out: Path, options) -> None:
