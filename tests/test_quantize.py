@@ -82,3 +82,23 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, says):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_speed_shows_an_int8_file_with_its_bytes_and_what_it_is(tmp_path, capsys):
+    import json
+
+    model = classifier(tmp_path / "m")
+    int8 = tmp_path / "m.int8.onnx"
+    assert main(["quantize", str(model), "--out", str(int8)]) == 0
+    capsys.readouterr()
+    assert main(["speed", str(model), str(int8), "--batch-sizes", "1,2", "--seq-len", "8", "--repeats", "3",
+                 "--json", str(tmp_path / "speed.json")]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "speed.json").read_text())
+    weights = Q.cpu_int8_settings()["weight_type"]
+    assert data["sizes"][str(int8)] == {"bytes": int8.stat().st_size,
+                                        "kind": f"onnx int8 ({weights} weights, 14 quantized matmuls)"}
+    assert data["sizes"][str(model)] == {"bytes": (model / "model.safetensors").stat().st_size, "kind": "pytorch fp32"}
+    assert f"{int8.stat().st_size:,}  onnx int8 ({weights} weights" in printed
+    timed = [(r["model"], r["batch"]) for r in data["rows"] if r["model"] == str(int8)]
+    assert timed == [(str(int8), 1), (str(int8), 2)]  # timed in the same rounds as the PyTorch model and its copy

@@ -159,3 +159,18 @@ def test_a_model_with_sparse_layers_copies_for_the_noise_floor(tmp_path, mode):
     result = measure_speed([str(tmp_path / "pruned")], batch_sizes=[2], seq_len=8, repeats=2, warmup=1,
                            sparse_execution=mode)
     assert [r["model"] for r in result["rows"]] == [str(tmp_path / "pruned"), NOISE_FLOOR]
+
+
+def test_a_compressed_artifact_counts_its_compressed_file(tmp_path):
+    from prunelab.artifact import COMPRESSED_FILE
+    from prunelab.deploy.compressed import compress
+    from prunelab.deploy.speed import describe, model_bytes
+
+    model = pruned_tiny(head="base")
+    save_artifact(model, None, None, {}, tmp_path / "pruned")
+    compress(str(tmp_path / "pruned"), tmp_path / "small")
+    assert model_bytes(str(tmp_path / "small")) == (tmp_path / "small" / COMPRESSED_FILE).stat().st_size
+    assert model_bytes(str(tmp_path / "pruned")) == (tmp_path / "pruned" / "model.safetensors").stat().st_size
+    assert model_bytes(str(tmp_path / "small")) < model_bytes(str(tmp_path / "pruned"))
+    assert describe(str(tmp_path / "small"), model) == "pytorch fp32, compressed artifact"
+    assert model_bytes("org/not-here") is None

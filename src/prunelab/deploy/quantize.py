@@ -91,7 +91,8 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
         info = {"file": str(out), "bytes": int8.stat().st_size, "fp32_bytes": fp32.stat().st_size, "settings": settings,
                 "max_abs_diff": float(np.abs(got - want).max()), "output_scale": float(np.abs(want).max())}
         if task is not None:
-            scores = {name: dev_score(session, source, task, data_dir) for name, session in sessions.items()}
+            dev = dev_examples(task, data_dir)
+            scores = {name: dev_score(session, source, task, data_dir, examples=dev) for name, session in sessions.items()}
             info.update(dev_score_fp32=scores["fp32"], dev_score_int8=scores["int8"], drop=scores["fp32"] - scores["int8"])
             if info["drop"] > max_drop:
                 raise InputError(f"the INT8 graph scores {scores['int8']:.2f} on {task} dev against {scores['fp32']:.2f} "
@@ -103,17 +104,19 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
     return info
 
 
-def dev_score(session, model: str, task_name: str, data_dir: str | None, batch_size: int = 64, max_length: int = 128) -> float:
-    """The task's dev score (percent, the mean of its official metrics) of an ONNX classifier `session`, tokenized
-    with `model`'s tokenizer (the graph takes ``input_ids`` and ``attention_mask`` only)."""
+def dev_score(session, model: str, task_name: str, data_dir: str | None, batch_size: int = 64, max_length: int = 128,
+              *, examples: list | None = None, tokenizer=None) -> float:
+    """The task's dev score (percent, the mean of its official metrics) of an ONNX classifier `session` (anything with
+    onnxruntime's ``run(None, feed)``), tokenized with `model`'s tokenizer (the graph takes ``input_ids`` and
+    ``attention_mask`` only). `examples` (``dev_examples``) and `tokenizer` spare reading them again."""
     from ..artifact import load_tokenizer
-    from ..data.glue import compute_metrics, get_task, load_task
+    from ..data.glue import compute_metrics, get_task
 
     task = get_task(task_name)
-    tokenizer = load_tokenizer(model)
+    tokenizer = tokenizer or load_tokenizer(model)
     if tokenizer is None:
         raise InputError(f"{model!r} has no tokenizer files; --task needs them")
-    dev = load_task(task, data_dir)[task.dev_splits[0]]
+    dev = examples if examples is not None else dev_examples(task_name, data_dir)
     logits = []
     for start in range(0, len(dev), batch_size):
         part = dev[start:start + batch_size]
@@ -124,3 +127,33 @@ def dev_score(session, model: str, task_name: str, data_dir: str | None, batch_s
                                          "attention_mask": enc["attention_mask"].astype(np.int64)})[0])
     labels = np.array([label for _, _, label in dev])
     return 100 * compute_metrics(task, np.concatenate(logits), labels)["score"]
+
+
+def dev_examples(task_name: str, data_dir: str | None) -> list:
+    """The examples of the task's (first) dev split: from `data_dir`, or from the hub without one."""
+    from ..data.glue import get_task, read_hub_split, read_split
+
+    task = get_task(task_name)
+    split = task.dev_splits[0]
+    return read_split(data_dir, task, split) if data_dir is not None else read_hub_split(task, split)
+
+
+QUANTIZED_MATMULS = ("MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QGemm")
+
+
+def onnx_kind(path: str | os.PathLike) -> str:
+    """What an ONNX file is, read from its graph: ``onnx int8 (QInt8 weights, 14 quantized matmuls)`` for a graph
+    whose matrix products run in 8 bits (the weight type read from their weight initializers), else ``onnx fp32``
+    (or the type of its float weights)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    types = {i.name: onnx.TensorProto.DataType.Name(i.data_type) for i in graph.initializer}
+    quantized = [n for n in graph.node if n.op_type in QUANTIZED_MATMULS]
+    if quantized:
+        weights = sorted({types[n.input[1]] for n in quantized if len(n.input) > 1 and n.input[1] in types})
+        names = ", ".join({"INT8": "QInt8", "UINT8": "QUInt8"}.get(w, w) for w in weights) or "unknown"
+        return f"onnx int8 ({names} weights, {len(quantized)} quantized matmuls)"
+    floats = sorted({t for t in types.values() if t in ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE")})
+    return "onnx " + ("/".join({"FLOAT": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16", "DOUBLE": "fp64"}[t]
+                               for t in floats) or "graph")

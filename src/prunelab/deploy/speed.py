@@ -77,6 +77,44 @@ def load_for_timing(model: str, device: str, threads: int, model_class=None):
     return net, int(net.config.vocab_size)
 
 
+def model_bytes(model: str) -> int | None:
+    """Bytes on disk of what `model` runs from: an ``.onnx`` file's size; for a model directory its weights file (the
+    compressed checkpoint of a compressed artifact, else ``model.safetensors``, or the sum of its shards); ``None``
+    for a hub id."""
+    from ..artifact import COMPRESSED_FILE, DENSE_FILE, resolve_model_path
+
+    path = Path(resolve_model_path(str(model)))
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return None
+    for name in (COMPRESSED_FILE, DENSE_FILE):
+        if (path / name).is_file():
+            return (path / name).stat().st_size
+    shards = [f for f in path.glob("model-*.safetensors")] or [f for f in path.glob("pytorch_model*.bin")]
+    return sum(f.stat().st_size for f in shards) or None
+
+
+def describe(model: str, runner) -> str:
+    """What `model` is, as loaded into `runner`: an ONNX file's precision read from its graph
+    (``quantize.onnx_kind``), or a PyTorch model's dtype and how it is stored (compressed, pruned)."""
+    from ..artifact import is_compressed, resolve_model_path
+    from ..masks_io import MASKS_FILE
+
+    if not isinstance(runner, torch.nn.Module):
+        try:
+            from .quantize import onnx_kind
+
+            return onnx_kind(model)
+        except ImportError:  # onnxruntime without the onnx package: it runs, but its graph is not read
+            return "onnx"
+    dtype = str(next(runner.parameters()).dtype).removeprefix("torch.").replace("float", "fp")
+    path = Path(resolve_model_path(str(model)))
+    stored = ("compressed artifact" if is_compressed(path) else
+              "pruned (masks file)" if (path / MASKS_FILE).is_file() else "")
+    return f"pytorch {dtype}" + (f", {stored}" if stored else "")
+
+
 def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 128, device: str = "cpu",
             threads: int | None = None, repeats: int = 20, warmup: int = 3, sparse_execution: str | None = None,
             autocast: str | None = None, seed: int = 0, model_class=None) -> dict:
@@ -84,7 +122,8 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
     `model_class` (e.g. ``transformers.AutoModel``: the encoder without its head) overrides the class each loads as.
 
     Returns:
-        ``{"device", "threads", "seq_len", "repeats", "models", "execution", "rows"}``; one row per model (the
+        ``{"device", "threads", "seq_len", "repeats", "models", "sizes", "execution", "rows"}``; ``sizes`` gives each
+        model's ``bytes`` (``model_bytes``) and ``kind`` (``describe``); one row per model (the
         noise-floor copy after the first) and batch size: ``median_ms``, ``p10_ms``, ``p90_ms``, ``throughput``
         (sequences per second), ``ratio`` (median over the first model's), ``paired_ratio`` (median of the
         per-round ratios to the first model), and on CUDA ``max_memory_mb``.
@@ -97,6 +136,7 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
     threads = torch.get_num_threads()
     loaded = {m: load_for_timing(m, device, threads, model_class) for m in models}
     runners = {m: r for m, (r, _) in loaded.items()}
+    sizes = {m: {"bytes": model_bytes(m), "kind": describe(m, r)} for m, r in runners.items()}
     for name, runner in runners.items():
         limit = max_positions(runner.config) if isinstance(runner, torch.nn.Module) else None
         if limit is not None and seq_len > limit:
@@ -139,7 +179,7 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
                 row["max_memory_mb"] = memory.get(name, 0.0) / 2**20
             rows.append(row)
     return {"device": device, "threads": threads, "seq_len": seq_len, "repeats": repeats, "warmup": warmup,
-            "autocast": autocast, "sparse_execution": sparse_execution, "models": models, "execution": execution,
+            "autocast": autocast, "sparse_execution": sparse_execution, "models": models, "sizes": sizes, "execution": execution,
             "rows": rows}
 
 
@@ -167,12 +207,18 @@ def _time_once(runner, ids, mask, device: str, autocast: str | None) -> tuple[fl
     return seconds, float(torch.cuda.max_memory_allocated()) if cuda else 0.0
 
 
+def _size(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
+
+
 def table(result: dict) -> str:
     """The measurement as a text table, one line per model and batch size."""
     lines = [f"device {result['device']}, {result['threads']} threads, sequence length {result['seq_len']}, "
              f"median of {result['repeats']} interleaved repeats after {result['warmup']} warm-up rounds"
              + (f", sparse execution {result['sparse_execution']}" if result["sparse_execution"] else "")
              + (f", autocast {result['autocast']}" if result["autocast"] else ""),
+             *([f"{'model':<48} {'bytes':>13}  what it is"] if result.get("sizes") else []),  # older JSON: no sizes
+             *(f"{name[-48:]:<48} {_size(info['bytes']):>13}  {info['kind']}" for name, info in result.get("sizes", {}).items()),
              f"{'model':<48} {'batch':>5} {'median ms':>10} {'p10-p90 ms':>17} {'seq/s':>8} {'vs first':>9}"]
     for row in result["rows"]:
         spread = f"{row['p10_ms']:.1f}-{row['p90_ms']:.1f}"
