@@ -2,6 +2,7 @@
 
 ``compressed`` (compressed artifacts: compress, decompress), ``execution`` (sparse kernels where a measurement says
 they pay), ``speed`` (honest latency measurement), ``onnx`` (export checked in onnxruntime), ``quantize`` (INT8 by
-onnxruntime's dynamic quantization, checked against FP32). Deployment reads
-artifacts (``prunelab.artifact``); nothing below it imports it.
+onnxruntime's dynamic quantization, checked against FP32), ``ship`` (every form measured alike, the fastest within
+a dev-score budget written out; ``ship_report`` its table and figure). Deployment reads artifacts
+(``prunelab.artifact``); nothing below it imports it.
 """
