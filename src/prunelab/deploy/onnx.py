@@ -51,9 +51,11 @@ def _inputs(vocab: int, batch: int, length: int, seed: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def export_onnx(model: str, out: str | os.PathLike, *, opset: int | None = None, overwrite: bool = False) -> dict:
+def export_onnx(model: str, out: str | os.PathLike, *, opset: int | None = None, overwrite: bool = False,
+                model_class=None) -> dict:
     """Export `model` to the ONNX file `out` (written atomically, only once onnxruntime reproduces PyTorch's output
-    on another batch size and sequence length than the export traced).
+    on another batch size and sequence length than the export traced); `model_class` (e.g. ``transformers.AutoModel``:
+    the encoder without its head) overrides the class it loads as.
 
     Returns:
         ``file``, ``bytes``, ``exporter`` (dynamo or torchscript), ``output`` (its name in transformers),
@@ -72,7 +74,7 @@ def export_onnx(model: str, out: str | os.PathLike, *, opset: int | None = None,
     check_apart(out, [resolve_model_path(model)])  # e.g. --out MODEL/model.onnx would write into the input
     if out.exists() and (out.is_dir() or not overwrite):
         raise InputError(f"--out {str(out)!r} exists; choose another path or pass --overwrite")
-    net = from_pretrained(model).model.eval()
+    net = from_pretrained(model, model_class=model_class).model.eval()
     vocab = int(net.config.vocab_size)
     wrapped = _FirstOutput(net).eval()  # the exporters restore the wrapper's mode, recursively
     example = _inputs(vocab, 2, 16, seed=0)

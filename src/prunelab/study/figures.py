@@ -109,17 +109,23 @@ def figure_methods(data: dict, path: Path) -> None:
 
 
 def figure_deployment(data: dict, path: Path) -> None:
-    """Average dev score vs. encoder latency, one marker style per method, the Pareto front joined."""
-    from .results import pareto_front
+    """Average dev score vs. encoder latency, one colour per method (filled: FP32; hollow squares: the same models as
+    INT8 ONNX files, at their FP32 score), the Pareto front over every point joined."""
+    from .results import deployment_points, pareto_front
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    rows = data["methods"]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method and r["deployment"] and r["average"]]
-        ax.plot([r["deployment"]["latency_ms"] for r in mine], [r["average"]["score"] for r in mine], marker="o",
-                linestyle="none", label=method)
-    front = sorted((rows[i]["deployment"]["latency_ms"], rows[i]["average"]["score"]) for i in pareto_front(rows))
+    points = deployment_points(data["methods"])
+    for method in dict.fromkeys(r["method"] for r in points):
+        color = None
+        for form, style in (("fp32", {"marker": "o"}), ("int8", {"marker": "s", "markerfacecolor": "none"})):
+            mine = [r for r in points if r["method"] == method and r["form"] == form and r["deployment"] and r["average"]]
+            if mine:
+                line, = ax.plot([r["deployment"]["latency_ms"] for r in mine], [r["average"]["score"] for r in mine],
+                                linestyle="none", label=method + (" (INT8 ONNX)" if form == "int8" else ""),
+                                **({"color": color} if color else {}), **style)
+                color = line.get_color()
+    front = sorted((points[i]["deployment"]["latency_ms"], points[i]["average"]["score"]) for i in pareto_front(points))
     if front:
         ax.plot(*zip(*front), color="gray", linestyle="--", label="Pareto front")
     d = data["spec"].deployment

@@ -56,7 +56,10 @@ def run_pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
 def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | None:
     """The model's bytes as a compressed artifact (lossless, zstd) and the CPU forward latency of its encoder (the
     MLM head, which a deployed classifier does not carry, left out) with the best execution ``sparse_execution``
-    finds, beside an identical copy (``[deployment]``; ``None`` when it is off)."""
+    finds, beside an identical copy (``[deployment]``; ``None`` when it is off). With ``int8``, under ``"int8"``
+    the same of its encoder as an INT8 ONNX file (``deploy.quantize``), timed in the same rounds: its bytes,
+    latency, paired ratio to the FP32 encoder, the quantization settings and its output's largest difference to the
+    FP32 graph's."""
     import shutil
 
     from ..artifact import COMPRESSED_FILE, load_config
@@ -73,14 +76,37 @@ def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | N
     shutil.rmtree(compressed)
     from transformers import AutoModel
 
+    onnx_dir = work / "int8"
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    quantized = _int8_encoder(model_dir, onnx_dir) if d.int8 else None
     seq_len = min(d.seq_len, max_positions(load_config(str(model_dir))[1]) or d.seq_len)  # what the model takes
-    timed = measure_speed([str(model_dir)], batch_sizes=[d.batch_size], seq_len=seq_len, device="cpu",
+    models = [str(model_dir)] + ([quantized["file"]] if quantized else [])
+    timed = measure_speed(models, batch_sizes=[d.batch_size], seq_len=seq_len, device="cpu",
                           repeats=d.repeats, warmup=1, sparse_execution="auto", model_class=AutoModel)
     row, noise = (next(r for r in timed["rows"] if r["model"] == name) for name in (str(model_dir), NOISE_FLOOR))
     report = timed["execution"][str(model_dir)]
-    return {"compressed_bytes": size, "latency_ms": row["median_ms"], "p10_ms": row["p10_ms"], "p90_ms": row["p90_ms"],
-            "noise_floor_ratio": noise["paired_ratio"], "sparse_layers": sum(r["choice"] != "dense" for r in report),
-            "target_layers": len(report), "batch": [d.batch_size, seq_len], "threads": timed["threads"]}
+    out = {"compressed_bytes": size, "latency_ms": row["median_ms"], "p10_ms": row["p10_ms"], "p90_ms": row["p90_ms"],
+           "noise_floor_ratio": noise["paired_ratio"], "sparse_layers": sum(r["choice"] != "dense" for r in report),
+           "target_layers": len(report), "batch": [d.batch_size, seq_len], "threads": timed["threads"]}
+    if quantized:
+        int8 = next(r for r in timed["rows"] if r["model"] == quantized["file"])
+        out["int8"] = {"onnx_bytes": quantized["bytes"], "latency_ms": int8["median_ms"], "p10_ms": int8["p10_ms"],
+                       "p90_ms": int8["p90_ms"], "paired_ratio": int8["paired_ratio"], "fp32_onnx_bytes": quantized["fp32_bytes"],
+                       "weight_type": quantized["settings"]["weight_type"], "max_abs_diff": quantized["max_abs_diff"],
+                       "output_scale": quantized["output_scale"]}
+        shutil.rmtree(onnx_dir)
+    return out
+
+
+def _int8_encoder(model_dir: Path, folder: Path) -> dict:
+    """The encoder of `model_dir` (no head) exported to ONNX and quantized to INT8 in `folder`: ``quantize``'s info."""
+    from transformers import AutoModel
+
+    from ..deploy.onnx import export_onnx
+    from ..deploy.quantize import quantize
+
+    fp32 = export_onnx(str(model_dir), folder / "encoder.onnx", model_class=AutoModel)["file"]
+    return quantize(fp32, folder / "encoder.int8.onnx")
 
 
 def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:

@@ -117,6 +117,13 @@ def _deployment_md(data: dict) -> list[str]:
         f"faster). Measured by the run that made the model, on the machine that ran it, median of {d.repeats} rounds "
         "interleaved with an identical copy (its ratio, the noise floor, is in the CSV); runs that shared the machine "
         "are noisier. ★ marks the Pareto front: no other model has a higher or equal score at a lower or equal latency.",
+        *([] if not d.int8 else [
+            "", "INT8 ONNX rows (`[deployment] int8`): the same encoder exported to ONNX and quantized to INT8 "
+            "(onnxruntime's dynamic quantization), timed in the same interleaved rounds as the FP32 encoder; MB on disk "
+            "is that file's size (the FP32 rows: the compressed artifact's). † The study does not score INT8 models (it "
+            "keeps no fine-tuned classifier): an INT8 row carries its FP32 model's score, so the front assumes INT8 "
+            "loses nothing. The CSV gives its output's largest difference to the FP32 graph's; `prunelab ship` "
+            "measures the score of one fine-tuned model in each form."]),
         "", "Also as [CSV](deployment.csv).", "", deployment_markdown(data), "![Deployment](deployment.png)",
     ]
 

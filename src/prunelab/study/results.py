@@ -170,6 +170,20 @@ def _method_rows(results: dict, spec, tasks: list[str], metric: Metric, rows: li
     return out
 
 
+def deployment_points(methods: list[dict]) -> list[dict]:
+    """The deployment table's points: each of the `methods` rows (``form`` ``fp32``: its PyTorch encoder, its bytes
+    as a compressed artifact), each followed, where its run measured one (``[deployment] int8``), by the same model
+    as an INT8 ONNX file (``form`` ``int8``; its ``deployment`` is the INT8 measurement, with ``onnx_bytes``). An
+    INT8 point carries the FP32 model's scores: a study does not score INT8, as it keeps no fine-tuned classifier."""
+    points = []
+    for row in methods:
+        points.append({**row, "form": "fp32"})
+        int8 = (row["deployment"] or {}).get("int8")
+        if int8:
+            points.append({**row, "form": "int8", "deployment": int8})
+    return points
+
+
 def pareto_front(rows: list[dict]) -> set[int]:
     """Indices of `rows` (with ``average`` and ``deployment``) that no other row beats: a higher or equal average
     score at a lower or equal latency, one of them strictly."""

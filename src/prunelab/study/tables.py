@@ -80,37 +80,51 @@ def methods_csv(data: dict) -> str:
                 lambda row: [row["method"], row["setting"], row["kept"]])
 
 
-def deployment_markdown(data: dict) -> str:
-    from .results import pareto_front
+FORMS = {"fp32": "FP32", "int8": "INT8 ONNX"}  # the deployment table's forms (results.deployment_points)
 
-    rows, front = data["methods"], pareto_front(data["methods"])
-    dense = rows[0]["deployment"]
-    lines = ["| | Method | Setting | Avg. score | Encoder weights kept | Compressed MB | Latency ms | vs dense |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for i, row in enumerate(rows):
+
+def _bytes(d: dict) -> int:
+    return d["onnx_bytes"] if "onnx_bytes" in d else d["compressed_bytes"]
+
+
+def deployment_markdown(data: dict) -> str:
+    from .results import deployment_points, pareto_front
+
+    points = deployment_points(data["methods"])
+    front, dense = pareto_front(points), data["methods"][0]["deployment"]
+    int8 = any(p["form"] == "int8" for p in points)  # only then the Form column: a study without INT8 is unchanged
+    lines = ["| | Method | Setting |" + (" Form |" if int8 else "") + " Avg. score | Encoder weights kept | "
+             + ("MB on disk" if int8 else "Compressed MB") + " | Latency ms | vs dense |",
+             "|---|---|---|" + ("---|" if int8 else "") + "---:|---:|---:|---:|---:|"]
+    for i, row in enumerate(points):
         d = row["deployment"]
-        score = MISSING if row["average"] is None else f"{row['average']['score']:.1f}"
+        score = MISSING if row["average"] is None else f"{row['average']['score']:.1f}" + ("†" if row["form"] == "int8" else "")
         kept = MISSING if row["kept"] is None else f"{row['kept']:.1%}"
-        size = MISSING if d is None else f"{d['compressed_bytes'] / 1e6:.2f}"
+        size = MISSING if d is None else f"{_bytes(d) / 1e6:.2f}"
         latency = MISSING if d is None else f"{d['latency_ms']:.1f}"
         ratio = MISSING if d is None or dense is None else f"{d['latency_ms'] / dense['latency_ms']:.2f}x"
-        lines.append(f"| {'★' if i in front else ''} | {row['method']} | {row['setting'] or 'none'} | {score} | {kept} | "
-                     f"{size} | {latency} | {ratio} |")
+        form = f" {FORMS[row['form']]} |" if int8 else ""
+        lines.append(f"| {'★' if i in front else ''} | {row['method']} | {row['setting'] or 'none'} |{form} {score} | "
+                     f"{kept} | {size} | {latency} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
 def deployment_csv(data: dict) -> str:
-    from .results import pareto_front
+    from .results import deployment_points, pareto_front
 
-    front = pareto_front(data["methods"])
+    points = deployment_points(data["methods"])
+    front = pareto_front(points)
+    int8 = any(p["form"] == "int8" for p in points)
     out = io.StringIO()
     writer = csv.writer(out)
     keys = ("compressed_bytes", "latency_ms", "p10_ms", "p90_ms", "noise_floor_ratio", "sparse_layers", "target_layers")
-    writer.writerow(["method", "setting", "pareto", "average_score", "encoder_weights_kept", *keys])
-    for i, row in enumerate(data["methods"]):
+    extra = ("onnx_bytes", "paired_ratio", "weight_type", "max_abs_diff", "output_scale") if int8 else ()
+    writer.writerow(["method", "setting", *(["form"] if int8 else []), "pareto", "average_score", "encoder_weights_kept",
+                     *keys, *extra])
+    for i, row in enumerate(points):
         d = row["deployment"] or {}
-        values = [row["method"], row["setting"], int(i in front), (row["average"] or {}).get("score"), row["kept"],
-                  *(d.get(k) for k in keys)]
+        values = [row["method"], row["setting"], *([row["form"]] if int8 else []), int(i in front),
+                  (row["average"] or {}).get("score"), row["kept"], *(d.get(k) for k in keys + extra)]
         writer.writerow(["" if v is None else v for v in values])
     return out.getvalue()
 
