@@ -98,23 +98,35 @@ def fake_timer(fastest: str, calls: list):
     return timer
 
 
-@pytest.mark.parametrize("pruned, fastest, chosen", [(True, "int8", "int8"), (True, "pytorch", "compressed"),
-                                                      (False, "pytorch", "pytorch")])
-def test_the_files_written_load_and_run(tmp_path, glue_dir, pruned, fastest, chosen):  # noqa: F811
-    model = classifier(tmp_path / "m", pruned=pruned)
+@pytest.mark.parametrize("input_form, fastest, chosen", [
+    ("pruned", "int8", "int8"),
+    ("pruned", "pytorch", "compressed"),  # the same latency as the input, fewer bytes
+    ("dense", "pytorch", None),  # the input or its compressed artifact, whichever is smaller
+    ("compressed", "pytorch", "pytorch"),  # already compressed: the input itself, copied
+])
+def test_the_files_written_load_and_run(tmp_path, glue_dir, input_form, fastest, chosen):  # noqa: F811
+    from prunelab.artifact import from_pretrained
+    from prunelab.deploy.compressed import compress
+
+    model = classifier(tmp_path / "m", pruned=input_form != "dense")
+    if input_form == "compressed":
+        compress(str(model), tmp_path / "c")
+        model = tmp_path / "c"
     calls = []
     result = S.ship(str(model), "sst2", str(glue_dir), tmp_path / "out", max_drop=100, batch_sizes=[1], seq_len=16,
                     repeats=2, progress=False, timer=fake_timer(fastest, calls))
-    assert result["chosen"] == chosen
+    sizes = {r["form"]: r["bytes"] for r in result["forms"]}
+    assert result["chosen"] == (chosen or ("compressed" if sizes["compressed"] < sizes["pytorch"] else "pytorch"))
+    assert ("compressed" in sizes) == (input_form != "compressed")
     # the compressed artifact is not timed apart: it decodes to the input's very tensors
-    assert [m.rsplit("/", 1)[-1] for m in calls[0]["models"]] == ["m", "fp32.onnx", "int8.onnx"]
-    assert calls[0]["sparse_execution"] == ("auto" if pruned else None)
-    ids = transformers.AutoTokenizer.from_pretrained(model)(["w1 w2 w3", "w4"], padding=True, return_tensors="np")
+    assert [m.rsplit("/", 1)[-1] for m in calls[0]["models"]] == [model.name, "fp32.onnx", "int8.onnx"]
+    assert calls[0]["sparse_execution"] == (None if input_form == "dense" else "auto")
+    ids = transformers.AutoTokenizer.from_pretrained(model)(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
+    inputs = {k: v for k, v in ids.items() if k != "token_type_ids"}
     with torch.no_grad():
-        want = transformers.AutoModelForSequenceClassification.from_pretrained(model)(
-            **{k: torch.from_numpy(v) for k, v in ids.items() if k != "token_type_ids"}).logits.numpy()
+        want = from_pretrained(model).model.eval()(**inputs).logits.numpy()
     out = tmp_path / "out"
-    if chosen == "int8":
+    if result["chosen"] == "int8":
         assert onnx_kind(out / "model.onnx").startswith("onnx int8")
         tokenizer = transformers.AutoTokenizer.from_pretrained(out / "tokenizer")
         feed = {k: v.astype(np.int64) for k, v in tokenizer(["w1 w2 w3", "w4"], padding=True, return_tensors="np").items()
@@ -122,13 +134,12 @@ def test_the_files_written_load_and_run(tmp_path, glue_dir, pruned, fastest, cho
         got = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
         assert got.shape == want.shape and np.abs(got - want).max() < 0.2 * np.abs(want).max() + 1e-3
         return
-    from prunelab.artifact import from_pretrained
-
-    assert is_compressed(out / "model") == (chosen == "compressed")
-    loaded = from_pretrained(out / "model").model if chosen == "compressed" else \
+    compressed = is_compressed(out / "model")
+    assert compressed == (result["chosen"] == "compressed" or input_form == "compressed")
+    loaded = from_pretrained(out / "model").model if compressed else \
         transformers.AutoModelForSequenceClassification.from_pretrained(out / "model")  # plain transformers
     with torch.no_grad():
-        got = loaded.eval()(**{k: torch.from_numpy(v) for k, v in ids.items() if k != "token_type_ids"}).logits.numpy()
+        got = loaded.eval()(**inputs).logits.numpy()
     assert np.array_equal(got, want)
 
 

@@ -172,5 +172,5 @@ def test_a_compressed_artifact_counts_its_compressed_file(tmp_path):
     assert model_bytes(str(tmp_path / "small")) == (tmp_path / "small" / COMPRESSED_FILE).stat().st_size
     assert model_bytes(str(tmp_path / "pruned")) == (tmp_path / "pruned" / "model.safetensors").stat().st_size
     assert model_bytes(str(tmp_path / "small")) < model_bytes(str(tmp_path / "pruned"))
-    assert describe(str(tmp_path / "small"), model) == "pytorch fp32, compressed artifact"
+    assert describe(str(tmp_path / "small"), model) == "pytorch fp32 (compressed artifact)"
     assert model_bytes("org/not-here") is None

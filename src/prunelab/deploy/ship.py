@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact import COMPRESSED_FILE, from_pretrained, is_compressed, load_config, load_tokenizer, resolve_model_path
+from ..artifact import COMPRESSED_FILE, DENSE_FILE, from_pretrained, is_compressed, load_config, load_tokenizer, resolve_model_path
 from ..errors import InputError, MissingInputError
 from ..io import atomic_directory, check_output_dir, write_json, write_text
 from ..masks_io import MASKS_FILE
@@ -38,7 +38,7 @@ class Context:
 
     source: str  # the model directory as given
     path: Path  # resolved
-    pruned: bool  # it has masks (or is compressed): sparse execution is tried, a compressed artifact applies
+    pruned: bool  # it has masks (or is compressed): sparse execution is tried
     tokenizer: object
     scratch: Path
     built: dict  # form name -> Built, in FORMS order
@@ -98,9 +98,9 @@ def _int8(ctx: Context) -> Built:
 FORMS: list[Form] = [
     Form("pytorch", "PyTorch FP32 (as loaded)", lambda ctx: None, _as_loaded),
     Form("compressed", "compressed artifact (runs as PyTorch FP32)",
-         lambda ctx: (None if ctx.pruned and not is_compressed(ctx.path) else
-                      "the input is already compressed" if is_compressed(ctx.path) else
-                      f"not pruned (no {MASKS_FILE}): nothing to store as bitmasks"), _compressed),
+         lambda ctx: ("the input is already compressed" if is_compressed(ctx.path) else
+                      None if (ctx.path / DENSE_FILE).is_file() else f"the input has no single {DENSE_FILE} to compress"),
+         _compressed),
     Form("onnx", "ONNX FP32 (onnxruntime)", lambda ctx: None, _onnx),
     Form("int8", "ONNX INT8 (onnxruntime dynamic quantization)",
          lambda ctx: None if "onnx" in ctx.built else "needs the ONNX FP32 export, which was not made", _int8),
@@ -276,7 +276,7 @@ def _rows(ctx: Context, scores: dict, speed: dict, batch_sizes: list[int]) -> li
         size = model_bytes(built.run) or 0
         kind = describe(built.run, None) if built.run.endswith(".onnx") else sizes.get(timed, {}).get("kind", "pytorch")
         if form.name == "compressed":
-            kind = f"{kind.split(',')[0]}, compressed artifact ({COMPRESSED_FILE})"
+            kind = f"{kind.split(' (')[0]} (compressed artifact: {COMPRESSED_FILE})"
         row = {"form": form.name, "label": form.label, "kind": kind, "bytes": size, "timed_as": built.timed_as,
                "score": scores[form.name], "file": built.name,
                "latency_ms": {str(b): by_run[timed, b]["median_ms"] for b in batch_sizes},

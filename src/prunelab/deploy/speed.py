@@ -97,8 +97,10 @@ def model_bytes(model: str) -> int | None:
 
 def describe(model: str, runner) -> str:
     """What `model` is, as loaded into `runner`: an ONNX file's precision read from its graph
-    (``quantize.onnx_kind``), or a PyTorch model's dtype and how it is stored (compressed, pruned)."""
-    from ..artifact import is_compressed, resolve_model_path
+    (``quantize.onnx_kind``), or a PyTorch model's dtype, the sparsity its ``prunelab.json`` records, and how it is
+    stored (a compressed artifact, or with a masks file)."""
+    from ..artifact import INFO_FILE, is_compressed, resolve_model_path
+    from ..io import read_json
     from ..masks_io import MASKS_FILE
 
     if not isinstance(runner, torch.nn.Module):
@@ -110,9 +112,11 @@ def describe(model: str, runner) -> str:
             return "onnx"
     dtype = str(next(runner.parameters()).dtype).removeprefix("torch.").replace("float", "fp")
     path = Path(resolve_model_path(str(model)))
-    stored = ("compressed artifact" if is_compressed(path) else
-              "pruned (masks file)" if (path / MASKS_FILE).is_file() else "")
-    return f"pytorch {dtype}" + (f", {stored}" if stored else "")
+    info = read_json(path / INFO_FILE, "artifact info") if (path / INFO_FILE).is_file() else {}
+    sparsity = info.get("report", {}).get("overall", {}).get("sparsity")  # of the prunable weights, as saved
+    pruned = "" if sparsity is None else f", {sparsity:.1%} sparse"
+    stored = ("compressed artifact" if is_compressed(path) else "masks file" if (path / MASKS_FILE).is_file() else "")
+    return f"pytorch {dtype}" + pruned + (f" ({stored})" if stored else "")
 
 
 def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 128, device: str = "cpu",
