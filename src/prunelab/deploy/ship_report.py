@@ -86,7 +86,7 @@ def figure(result: dict, path: Path) -> None:
              ylabel=f"{result['task']} dev score (0-100)")
     right.set(title="Dev score vs. size on disk", xlabel="MB on disk", ylabel=f"{result['task']} dev score (0-100)")
     left.legend(fontsize=8)
-    fig.suptitle(f"Shipping {Path(result['model']).name}: chosen {result['chosen']}")
+    fig.suptitle(f"Shipping {str(result['model'])[-60:]} ({result['task']}): chosen {result['chosen']}")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
