@@ -212,8 +212,8 @@ def check_criterion(criterion: str, allowed: tuple[str, ...], where: str) -> Non
         return
     why = ("it prunes one-shot over calibration data: use prunelab prune --criterion "
            f"{criterion} --calibration TASK" if criterion in CALIBRATED else
-           "it learns its masks while fine-tuning: use prunelab distill-prune (--teacher none runs it without a "
-           "teacher)" if criterion == "soft-movement" else
+           "it learns its masks while the model trains: use pretrain, finetune --prune-after-epochs or distill-prune"
+           if criterion == "soft-movement" else
            "it accumulates its scores while the model trains: use finetune, distill-prune or pretrain"
            if criterion in TRAINING_ONLY else "")
     raise InputError(f"--criterion {criterion} does not apply to {where}" + (f" ({why})" if why else "")
