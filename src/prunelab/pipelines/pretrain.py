@@ -182,9 +182,11 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     if tokenizer is None:
         raise InputError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     train = ListDataset([{"input_ids": b} for b in to_blocks(train_lines, tokenizer, cfg.max_seq_len)])
-    dev = _mask_once(to_blocks(dev_lines, tokenizer, cfg.max_seq_len)[: cfg.max_dev_blocks], tokenizer, cfg.mlm_probability, cfg.seed)
-    if len(train) == 0 or len(dev) == 0:
-        raise InputError(f"the corpus gives {len(train)} training and {len(dev)} dev blocks of {cfg.max_seq_len} tokens; provide more text")
+    dev_blocks = to_blocks(dev_lines, tokenizer, cfg.max_seq_len)[: cfg.max_dev_blocks]
+    if len(train) == 0 or len(dev_blocks) == 0:  # before masking: the collator fails on no blocks
+        raise InputError(f"the corpus gives {len(train)} training and {len(dev_blocks)} dev blocks of {cfg.max_seq_len} "
+                         "tokens; provide more text (or a lower --max-seq-len)")
+    dev = _mask_once(dev_blocks, tokenizer, cfg.mlm_probability, cfg.seed)
     collate = _collate(DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability))
 
     # 3. a model without an MLM head gets a fresh one
