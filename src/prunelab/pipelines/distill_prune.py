@@ -67,7 +67,7 @@ class DistillConfig(GlueOptions, DistillSettings):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
             self.weights()  # validates the loss weights
-        check_criterion(self.criterion, ("magnitude", "random", "movement", "soft-movement"), "prunelab distill-prune")
+        check_criterion(self.criterion, "prunelab distill-prune")
         check_number("--scores-lr", self.scores_lr, low=0, low_open=True)
         check_number("--penalty", self.penalty, low=0)
         check_number("--band", self.band, low=0)

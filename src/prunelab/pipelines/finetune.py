@@ -44,7 +44,7 @@ class FinetuneConfig(GlueOptions):
         if (self.prune_after_epochs is None) != (self.sparsity is None):
             raise InputError("--prune-after-epochs and --sparsity go together (the pruned-after-fine-tuning regime); "
                              "to fine-tune an already pruned model pass its directory as MODEL")
-        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab finetune")
+        check_criterion(self.criterion, "prunelab finetune")
         if self.sparsity is not None:
             PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope)  # validates all three
             check_number("--prune-after-epochs", self.prune_after_epochs, low=0, low_open=True)

@@ -91,7 +91,7 @@ class PretrainConfig(RunOptions):
         check_number("max_dev_blocks", self.max_dev_blocks, low=1, integer=True)
         if self.max_train_lines is not None:
             check_number("max_train_lines", self.max_train_lines, low=1, integer=True)
-        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab pretrain")
+        check_criterion(self.criterion, "prunelab pretrain")
         self.pruning_config()  # validates sparsity, criterion, scope and the schedule window
 
     def pruning_config(self) -> PruningConfig:
