@@ -188,7 +188,7 @@ def test_a_pruned_artifacts_embedding_mask_is_cut_with_its_rows(tmp_path):
     assert info["config"]["sparsity"] == 0.5 and info["vocab_cut"]["vocab_after"] == 9  # the pruning record stays
 
 
-def test_a_cut_model_prunes_structurally_and_loads(tmp_path):
+def test_a_cut_model_prunes_structurally_and_by_magnitude(tmp_path):
     from prunelab import from_pretrained
 
     source = save_model(tmp_path / "model", "bert")
@@ -196,6 +196,10 @@ def test_a_cut_model_prunes_structurally_and_loads(tmp_path):
     assert main(["prune-structured", str(tmp_path / "cut"), "--heads", "0.5", "--out", str(tmp_path / "heads")]) == 0
     heads = from_pretrained(tmp_path / "heads").model
     assert heads.get_input_embeddings().num_embeddings == heads.config.vocab_size == 25  # 20 words, 5 special
+    assert main(["prune", str(tmp_path / "cut"), "--sparsity", "0.5", "--out", str(tmp_path / "pruned")]) == 0
+    pruned = from_pretrained(tmp_path / "pruned")
+    weight = pruned.model.get_input_embeddings().weight
+    assert pruned.masks["embeddings.word_embeddings.weight"].shape == weight.shape == (25, 32)
 
 
 @pytest.mark.slow  # the ONNX export takes about ten seconds
