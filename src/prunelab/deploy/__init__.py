@@ -2,6 +2,7 @@
 
 ``compressed`` (compressed artifacts: compress, decompress), ``execution`` (sparse kernels where a measurement says
 they pay), ``speed`` (honest latency measurement), ``onnx`` (export checked in onnxruntime), ``quantize`` (INT8 by
-onnxruntime's dynamic quantization, checked against FP32). Deployment reads
+onnxruntime's dynamic quantization, checked against FP32), ``vocab`` (the vocabulary cut: the tokens a task's text
+uses, with ``vocab_tokenizer`` re-indexing the tokenizer). Deployment reads
 artifacts (``prunelab.artifact``); nothing below it imports it.
 """

@@ -65,7 +65,7 @@ class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
             self.weights()  # validates the loss weights
-        check_criterion(self.criterion, ("magnitude", "random", "movement", SOFT_MOVEMENT), "prunelab distill-prune")
+        check_criterion(self.criterion, "prunelab distill-prune")
         self.check_soft_movement(self.criterion, self.sparsity, self.scope)
         if self.criterion != SOFT_MOVEMENT:
             self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope

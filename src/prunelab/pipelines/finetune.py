@@ -49,7 +49,7 @@ class FinetuneConfig(GlueOptions, SoftMovementOptions):
         if (self.prune_after_epochs is None) != (self.sparsity is None):
             raise InputError("--prune-after-epochs and --sparsity go together (the pruned-after-fine-tuning regime); "
                              "to fine-tune an already pruned model pass its directory as MODEL")
-        check_criterion(self.criterion, ("magnitude", "random", "movement", SOFT_MOVEMENT), "prunelab finetune")
+        check_criterion(self.criterion, "prunelab finetune")
         if self.criterion == SOFT_MOVEMENT and self.prune_after_epochs is None:
             raise InputError("--criterion soft-movement learns masks in the pruned-after-fine-tuning regime: pass "
                              "--prune-after-epochs N --sparsity S")

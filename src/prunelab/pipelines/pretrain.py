@@ -95,7 +95,7 @@ class PretrainConfig(RunOptions, SoftMovementOptions):
         check_number("max_dev_blocks", self.max_dev_blocks, low=1, integer=True)
         if self.max_train_lines is not None:
             check_number("max_train_lines", self.max_train_lines, low=1, integer=True)
-        check_criterion(self.criterion, ("magnitude", "random", "movement", SOFT_MOVEMENT), "prunelab pretrain")
+        check_criterion(self.criterion, "prunelab pretrain")
         self.check_soft_movement(self.criterion, self.sparsity, self.scope, self.structure)
         if self.criterion == SOFT_MOVEMENT and self.schedule != "cubic":
             raise InputError(f"--schedule {self.schedule} does not apply to soft-movement: its masks are learned as the "
