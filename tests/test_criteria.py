@@ -334,8 +334,8 @@ def test_distill_prune_by_soft_movement_saves_exact_zeros_and_reports_its_thresh
 def test_soft_movement_is_refused_where_it_cannot_run(tmp_path, glue_dir, capsys):  # noqa: F811
     model = str(save_tiny(tmp_path / "m"))
     capsys.readouterr()
-    assert main(["pretrain", model, "--corpus", str(write_corpus(tmp_path / "c.txt")), "--steps", "2", "--sparsity", "0.5",
-                 "--criterion", "soft-movement", "--out", str(tmp_path / "out")]) == 2
+    assert main(["prune", model, "--sparsity", "0.5", "--criterion", "soft-movement", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--criterion soft-movement does not apply to prunelab pretrain" in err
+    assert len(err.splitlines()) == 1 and "--criterion soft-movement does not apply to prunelab prune" in err
+    assert "use pretrain, finetune --prune-after-epochs or distill-prune" in err  # where it runs
     assert not (tmp_path / "out").exists()

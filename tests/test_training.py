@@ -207,6 +207,9 @@ def test_pretrain_cli_errors(tmp_path, capsys):
     assert main(["pretrain", model, "--corpus", str(tmp_path / "none.txt"), "--steps", "2", "--sparsity", "0.5",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "none.txt not found" in capsys.readouterr().err
+    assert main(["pretrain", model, "--corpus", corpus, "--steps", "2", "--sparsity", "0.5", "--max-seq-len", "512",
+                 "--out", str(tmp_path / "o3")]) == 2  # the dev split too short for one block: an input error, not a crash
+    assert "0 dev blocks of 512 tokens; provide more text" in capsys.readouterr().err
 
 
 def torchrun(*argv) -> "subprocess.CompletedProcess":

@@ -22,6 +22,14 @@ MODES = ("enforced", "free")
 CRITERION_NAMES = (*CRITERIA, "sparsegpt", "soft-movement")
 CALIBRATED = ("wanda", "sparsegpt")
 TRAINING_ONLY = (*DURING_TRAINING, "soft-movement")  # soft movement learns its masks (methods.learned_masks)
+# The criteria each command takes (its pipeline checks them; a study's ``criteria`` axis runs each regime with those
+# its command takes).
+COMMAND_CRITERIA = {
+    "prunelab prune": ("magnitude", "random", "wanda", "sparsegpt"),
+    "prunelab pretrain": ("magnitude", "random", "movement", "soft-movement"),
+    "prunelab finetune": ("magnitude", "random", "movement", "soft-movement"),
+    "prunelab distill-prune": ("magnitude", "random", "movement", "soft-movement"),
+}
 T = TypeVar("T")
 
 
@@ -206,14 +214,16 @@ def check_number(flag: str, value, *, low: float | None = None, high: float | No
                          + (f" {' and '.join(bounds)}" if bounds else ""))
 
 
-def check_criterion(criterion: str, allowed: tuple[str, ...], where: str) -> None:
-    """Raise ``InputError`` unless `criterion` is one `where` (a command) can use, saying which can and why."""
+def check_criterion(criterion: str, where: str) -> None:
+    """Raise ``InputError`` unless `criterion` is one `where` (a command of ``COMMAND_CRITERIA``) takes, saying
+    which can and why."""
+    allowed = COMMAND_CRITERIA[where]
     if criterion in allowed:
         return
     why = ("it prunes one-shot over calibration data: use prunelab prune --criterion "
            f"{criterion} --calibration TASK" if criterion in CALIBRATED else
-           "it learns its masks while fine-tuning: use prunelab distill-prune (--teacher none runs it without a "
-           "teacher)" if criterion == "soft-movement" else
+           "it learns its masks while the model trains: use pretrain, finetune --prune-after-epochs or distill-prune"
+           if criterion == "soft-movement" else
            "it accumulates its scores while the model trains: use finetune, distill-prune or pretrain"
            if criterion in TRAINING_ONLY else "")
     raise InputError(f"--criterion {criterion} does not apply to {where}" + (f" ({why})" if why else "")

@@ -8,7 +8,7 @@ import os
 import torch
 
 from .artifact import from_pretrained, load_model, mask_selection, resolve_model_path, save_artifact
-from .config import CALIBRATED, PruningConfig, check_criterion, versions
+from .config import CALIBRATED, COMMAND_CRITERIA, PruningConfig, check_criterion, versions
 from .data.calibration import Calibration, calibration_batches
 from .errors import InputError
 from .io import check_output_dir
@@ -21,7 +21,7 @@ from .sparsity import sparsity_report
 from .targets import get_parameter, input_axis, resolve_targets
 
 
-ONE_SHOT = ("magnitude", "random", "wanda", "sparsegpt")  # the criteria ``prune`` takes
+ONE_SHOT = COMMAND_CRITERIA["prunelab prune"]  # the criteria ``prune`` takes
 
 
 def prune(model: str, config: PruningConfig, out: str | os.PathLike, *, overwrite: bool = False,
@@ -35,7 +35,7 @@ def prune(model: str, config: PruningConfig, out: str | os.PathLike, *, overwrit
     Returns:
         The artifact's info (what ``prunelab.json`` holds): source, config, versions, sparsity report.
     """
-    check_criterion(config.criterion, ONE_SHOT, "prunelab prune")
+    check_criterion(config.criterion, "prunelab prune")
     if config.criterion in CALIBRATED and calibration is None:
         raise InputError(f"--criterion {config.criterion} needs calibration data: --calibration TASK (with --data-dir, "
                          "or from the hub) or --calibration-corpus FILES")

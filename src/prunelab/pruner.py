@@ -116,8 +116,9 @@ class Pruner:
             raise InputError(f"criterion {cfg.criterion} prunes one-shot over calibration data (prunelab prune "
                              "--calibration, or prunelab.oneshot.prune); the Pruner's schedule cannot use it")
         if cfg.criterion == "soft-movement":
-            raise InputError("soft-movement learns its masks (methods.learned_masks.MaskLearner with train_weights, as "
-                             "prunelab distill-prune --criterion soft-movement runs it); the Pruner's schedule cannot use it")
+            raise InputError("soft-movement learns its masks (methods.learned_masks.MaskLearner with train_weights, "
+                             "driven by integrations.hf_trainer.MaskLearnerCallback, as pretrain, finetune and "
+                             "distill-prune run it); the Pruner's schedule cannot use it")
         self._bind()
         weights = {t.name: self._params[t.name].detach() for t in self.targets}
         stats = self._movement_scores() if cfg.criterion == "movement" else None

@@ -14,10 +14,10 @@ import traceback
 
 from ..errors import PrunelabError
 from . import (adapt_cmd, analyze_cmd, compress_cmd, distill_cmd, drop_layers_cmd, export_onnx_cmd, finetune_cmd, inspect_cmd,
-               pretrain_cmd, prune_cmd, prune_structured_cmd, quantize_cmd, ship_cmd, speed_cmd, study_cmd)
+               pretrain_cmd, prune_cmd, prune_structured_cmd, prune_vocab_cmd, quantize_cmd, ship_cmd, speed_cmd, study_cmd)
 
 COMMANDS = (inspect_cmd, prune_cmd, compress_cmd, pretrain_cmd, finetune_cmd, adapt_cmd, distill_cmd, study_cmd, analyze_cmd,
-            drop_layers_cmd, prune_structured_cmd, export_onnx_cmd, quantize_cmd, speed_cmd, ship_cmd)
+            drop_layers_cmd, prune_structured_cmd, prune_vocab_cmd, export_onnx_cmd, quantize_cmd, speed_cmd, ship_cmd)
 # What an interrupted command leaves behind; commands not named here write nothing, or write atomically.
 _RESUMABLE = "interrupted; {out} keeps what was finished: run the same command with --resume to continue"
 INTERRUPTED = {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .options import add_criterion_and_scope, add_glue_options, add_model, glue_options, glue_summary
+from .options import (add_criterion_and_scope, add_glue_options, add_model, add_soft_movement, glue_options, glue_summary,
+                      soft_movement_options)
 
 
 def register(sub) -> None:
@@ -21,12 +22,7 @@ def register(sub) -> None:
     p.add_argument("--prune-end", type=float, default=0.7, help="fraction of training by which the sparsity is reached (default 0.7)")
     p.add_argument("--prune-every", type=int, default=10, help="steps between mask updates (default 10)")
     add_criterion_and_scope(p, ("magnitude", "random", "movement", "soft-movement"))
-    s = p.add_argument_group("soft movement (--criterion soft-movement)")
-    s.add_argument("--scores-lr", type=float, default=1e-2, help="learning rate of the mask scores (default 1e-2)")
-    s.add_argument("--penalty", type=float, default=1e-4, help="λ of the regulariser ±λ·Σσ(S), switched on and off "
-                                                                 "by the target-sparsity control (default 1e-4)")
-    s.add_argument("--band", type=float, default=0.01, help="how far above the target the sparsity may go before the "
-                                                             "penalty reverses (default 0.01)")
+    add_soft_movement(p)
     p.set_defaults(run=run)
 
 
@@ -38,8 +34,7 @@ def run(args) -> int:
         teacher=None if args.teacher.lower() == "none" else args.teacher, sparsity=args.sparsity,
         temperature=args.temperature, alpha_attention=args.alpha_attention, alpha_hidden=args.alpha_hidden,
         alpha_logits=args.alpha_logits, alpha_hard=args.alpha_hard, prune_end=args.prune_end, prune_every=args.prune_every,
-        criterion=args.criterion, scope=args.scope, scores_lr=args.scores_lr, penalty=args.penalty, band=args.band,
-        **glue_options(args),
+        criterion=args.criterion, scope=args.scope, **soft_movement_options(args), **glue_options(args),
     )
     metrics = distill_prune(cfg, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # one summary per data-parallel launch

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .options import add_criterion_and_scope, add_glue_options, add_model, glue_options, glue_summary
+from .options import (add_criterion_and_scope, add_glue_options, add_model, add_soft_movement, glue_options, glue_summary,
+                      soft_movement_options)
 
 
 def register(sub) -> None:
@@ -12,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--masks", choices=("held", "free"), default="held", help="held: pruned weights stay 0 (pruning); free: they may regrow (information deletion)")
     p.add_argument("--prune-after-epochs", type=float, help="regime 'pruned after fine-tuning': fine-tune dense N epochs, then prune (--epochs more)")
     p.add_argument("--sparsity", type=float, help="with --prune-after-epochs: the sparsity to prune to")
-    add_criterion_and_scope(p)
+    add_criterion_and_scope(p, ("magnitude", "random", "movement", "soft-movement"))
+    add_soft_movement(p)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.set_defaults(run=run)
 
@@ -22,7 +24,8 @@ def run(args) -> int:
     from ..pipelines.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(masks=args.masks, prune_after_epochs=args.prune_after_epochs, sparsity=args.sparsity,
-                         criterion=args.criterion, scope=args.scope, warmup_ratio=args.warmup_ratio, **glue_options(args))
+                         criterion=args.criterion, scope=args.scope, warmup_ratio=args.warmup_ratio,
+                         **soft_movement_options(args), **glue_options(args))
     metrics = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # one summary per data-parallel launch
         return 0

@@ -28,6 +28,20 @@ def add_criterion_and_scope(p, allowed: tuple[str, ...] = ("magnitude", "random"
                         + ("" if scope_default else "; default: row for wanda, matrix otherwise"))
 
 
+def add_soft_movement(p) -> None:
+    """The options of --criterion soft-movement (distill-prune, finetune, pretrain)."""
+    s = p.add_argument_group("soft movement (--criterion soft-movement)")
+    s.add_argument("--scores-lr", type=float, default=1e-2, help="learning rate of the mask scores (default 1e-2)")
+    s.add_argument("--penalty", type=float, default=1e-4, help="λ of the regulariser ±λ·Σσ(S), switched on and off "
+                                                                 "by the target-sparsity control (default 1e-4)")
+    s.add_argument("--band", type=float, default=0.01, help="how far above the target the sparsity may go before the "
+                                                             "penalty reverses (default 0.01)")
+
+
+def soft_movement_options(args) -> dict:
+    return dict(scores_lr=args.scores_lr, penalty=args.penalty, band=args.band)
+
+
 def add_trainer_options(p, *, batch_size: int = 32) -> None:
     """The options every training command shares (the ones users of run_glue.py / run_mlm.py expect)."""
     add_out(p, help="run directory")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_criterion_and_scope, add_model, add_trainer_options, trainer_options
+from .options import add_criterion_and_scope, add_model, add_soft_movement, add_trainer_options, soft_movement_options, trainer_options
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--dev-fraction", type=float, default=0.05)
     p.add_argument("--steps", type=int, required=True, help="optimizer steps in total")
     p.add_argument("--sparsity", type=float, required=True, help="final fraction of zeros in [0, 1]")
-    add_criterion_and_scope(p)
+    add_criterion_and_scope(p, ("magnitude", "random", "movement", "soft-movement"))
     p.add_argument("--schedule", choices=("cubic", "oneshot"), default="cubic")
     p.add_argument("--structure", metavar="N:M", help="N:M masks, e.g. 2:4, with --sparsity 1 - N/M (cubic: whole weights per group as it rises)")
     p.add_argument("--prune-start", type=int, default=0, help="step pruning starts at (default 0)")
@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--mlm-probability", type=float, default=0.15)
     p.add_argument("--head-warmup-steps", type=int, default=0,
                    help="for a model without an MLM head: train the fresh head this many steps with the encoder frozen first")
-    p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (for --resume)")
+    p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (for --resume; soft-movement keeps none)")
+    add_soft_movement(p)
     add_trainer_options(p)
     p.set_defaults(run=run)
 
@@ -43,7 +44,8 @@ def run(args) -> int:
         prune_start=args.prune_start,
         prune_end=args.prune_end, prune_every=args.prune_every, dev_file=args.dev_file, dev_fraction=args.dev_fraction,
         lr=args.lr, warmup_steps=args.warmup_steps, mlm_probability=args.mlm_probability,
-        head_warmup_steps=args.head_warmup_steps, save_steps=args.save_steps, **trainer_options(args),
+        head_warmup_steps=args.head_warmup_steps, save_steps=args.save_steps, **soft_movement_options(args),
+        **trainer_options(args),
     )
     metrics = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # one summary per data-parallel launch

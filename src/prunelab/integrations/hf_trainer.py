@@ -1,4 +1,5 @@
-"""The HF ``Trainer`` integration: callbacks that forward Trainer events to a ``Pruner`` or a ``MaskLearner``.
+"""The HF ``Trainer`` integration: callbacks that forward Trainer events to a ``Pruner`` or a ``MaskLearner``, and
+the Trainer mixin that adds a ``MaskLearner``'s penalty to the training loss.
 
 Attach them with ``attach(trainer, pruner)``: it puts the callback first, before the ``report_to`` integrations
 (TensorBoard, W&B, ...), so the ``pruning/*`` figures it adds to each log reach them. A callback passed as
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
+from ..config import PruningConfig
 from ..pruner import STATE_FILE, Pruner
+from ..sparsity import mask_sparsity
 from ..errors import MissingInputError
 
 if TYPE_CHECKING:
@@ -90,20 +93,79 @@ class PruningCallback(_LogsFigures):
 class MaskLearnerCallback(_LogsFigures):
     """Drive a ``methods.learned_masks.MaskLearner`` from a ``transformers.Trainer``.
 
-    * ``on_step_end``: ``learner.update(global_step)`` (the target of the step; the penalty's direction).
-    * ``on_log``: add ``adapt/sparsity``, ``adapt/target_sparsity`` and ``adapt/penalty_direction`` to the logs.
+    * ``on_step_end``: ``learner.update(global_step)`` (the target of the step; the penalty's direction). At step
+      `fix_at` (soft movement) the masks become fixed: ``reached`` records the sparsity of θ > 0, the round(s·N)
+      lowest scores go (``learner.finish(exact=True)``), and a ``Pruner`` (``pruner``) holds those masks for the
+      steps left, as ``PruningCallback`` does, told the Trainer's optimizer.
+    * ``on_log``: add ``adapt/sparsity``, ``adapt/target_sparsity`` and ``adapt/penalty_direction`` to the logs
+      (``pruning/*`` once the masks are fixed).
 
-    The penalty itself is part of the loss (``learner.penalty()``), added by the training loop.
+    The penalty itself is part of the loss (``learner.penalty()``: ``MaskLearnerLoss``, or your training loop).
     """
 
-    def __init__(self, learner):
-        self.learner = learner
+    def __init__(self, learner, fix_at: int | None = None):
+        self.learner, self.fix_at = learner, fix_at
+        self.reached: float | None = None
+        self._held: PruningCallback | None = None
+
+    @property
+    def pruner(self) -> Pruner | None:
+        """The pruner holding the fixed masks; ``None`` before step `fix_at`."""
+        return None if self._held is None else self._held.pruner
 
     def figures(self) -> dict[str, float]:
-        return self.learner.metrics()
+        return self.learner.metrics() if self._held is None else self._held.figures()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self._held is not None:
+            return self._held.on_step_end(args, state, control, **kwargs)
         self.learner.update(state.global_step)
+        if self.fix_at is not None and state.global_step >= self.fix_at:
+            self.reached = self.learner.realized_sparsity()
+            self._held = PruningCallback(_hold_exact_masks(self.learner))
+            self._held.pruner.attach_optimizer(kwargs.get("optimizer"))
+            self._held.pruner.step(state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self._held is not None:
+            self._held.on_save(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._held is not None:
+            self._held.on_train_end(args, state, control, **kwargs)
+
+
+def _hold_exact_masks(learner) -> Pruner:
+    """The learner's exact masks (one selection over all its targets), the pruned weights zeroed, held by a Pruner."""
+    masks = learner.finish(exact=True)
+    selection = {**learner.selection, "exclude": learner.selection["exclude"] or []}
+    config = PruningConfig(sparsity=mask_sparsity(*masks.values()), criterion="soft-movement", scope="global",
+                           schedule="constant", **selection)
+    return Pruner(learner.model, config, masks=masks)
+
+
+class MaskLearnerLoss:
+    """A ``Trainer`` mixin, put first (``class MyTrainer(MaskLearnerLoss, Trainer)``): the training loss gains the
+    penalty of the ``MaskLearner`` passed as ``MyTrainer(..., learner=learner)`` (none: the loss is unchanged);
+    evaluation keeps the plain loss. The penalty counts once per optimizer step, however many batches accumulate."""
+
+    def __init__(self, *args, learner=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learner = learner
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.learner is None or not model.training:
+            return out
+        loss, outputs = out if return_outputs else (out, None)
+        penalty = self.learner.penalty()
+        scaled = self.loss_is_scaled_for_ga  # as the Trainer decides whether it divides the loss by the accumulation
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        if scaled:  # the Trainer adds every batch's loss undivided: the penalty's share of each
+            penalty = penalty / getattr(self, "current_gradient_accumulation_steps", 1)
+        loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss
 
 
 def attach(trainer: Trainer, pruner_or_callback) -> TrainerCallback:

@@ -18,6 +18,9 @@ target ramps from 0 to the final sparsity over `ramp_steps` with the cubic sched
 (``schedules.sparsity_at``). The final mask is θ > 0 (the paper), or with ``exact=True`` the round(s · N)
 lowest scores over all targets are pruned.
 
+A weight that another module shares (an MLM decoder tied to the word embeddings) is masked there too, by the same
+scores, so every use of it sees W ⊙ m.
+
 The masks act through ``torch.nn.utils.parametrize`` while training only, because a mask that is a function of
 a trained parameter has to sit in the autograd graph. ``MaskLearner.finish`` removes the parametrizations and
 multiplies the frozen weights by the final masks in place, so the model keeps its usual state-dict keys and a
@@ -80,6 +83,7 @@ class MaskLearner:
             is the hard step 1[θ > 0].
         ramp_steps: Optimizer steps over which the target sparsity ramps (cubic) from 0 to `sparsity`;
             0 targets the final sparsity from the first step.
+        ramp_start: The step the ramp starts at (the target is 0 before it).
         band: How far above the target the realized sparsity may go before the penalty reverses.
         init_mean, init_std: The scores' normal initialisation.
         include, exclude, layers: Which targets get masks (see ``targets.resolve_targets``).
@@ -90,34 +94,46 @@ class MaskLearner:
     """
 
     def __init__(self, model: nn.Module, sparsity: float, *, penalty: float = 1e-8, t_forward: float | None = None,
-                 t_backward: float = 1.0, ramp_steps: int = 0, band: float = 0.01, init_mean: float = 0.01, init_std: float = 0.001,
-                 include=None, exclude=None, layers=None, seed: int = 0, train_weights: bool = False,
-                 regularizer: str = "scores"):
+                 t_backward: float = 1.0, ramp_steps: int = 0, ramp_start: int = 0, band: float = 0.01,
+                 init_mean: float = 0.01, init_std: float = 0.001, include=None, exclude=None, layers=None, seed: int = 0,
+                 train_weights: bool = False, regularizer: str = "scores"):
         if not 0.0 <= sparsity < 1.0:
             raise InputError(f"sparsity {sparsity} is outside [0, 1); pass the fraction of zeros, e.g. 0.5")
         if regularizer not in REGULARIZERS:
             raise InputError(f"unknown regularizer {regularizer!r}; allowed: {', '.join(REGULARIZERS)}")
-        if penalty < 0 or band < 0 or t_backward <= 0 or (t_forward is not None and t_forward <= 0) or ramp_steps < 0:
-            raise InputError(f"penalty ({penalty}), band ({band}) and ramp_steps ({ramp_steps}) must be >= 0, the temperatures "
-                             f"t_forward ({t_forward}) and t_backward ({t_backward}) > 0")
-        self.model, self.sparsity, self.penalty_weight, self.ramp_steps, self.band = model, sparsity, penalty, ramp_steps, band
-        self.regularizer = regularizer
+        if min(penalty, band, ramp_steps, ramp_start) < 0 or t_backward <= 0 or (t_forward is not None and t_forward <= 0):
+            raise InputError(f"penalty ({penalty}), band ({band}), ramp_steps ({ramp_steps}) and ramp_start ({ramp_start}) "
+                             f"must be >= 0, the temperatures t_forward ({t_forward}) and t_backward ({t_backward}) > 0")
+        self.model, self.sparsity, self.penalty_weight, self.band = model, sparsity, penalty, band
+        self.ramp_start, self.ramp_steps, self.regularizer = ramp_start, ramp_steps, regularizer
+        self.selection = {"include": include, "exclude": exclude, "layers": layers}
         self.targets: list[Target] = resolve_targets(model, include, exclude, layers)
         self.direction, self.target_sparsity = 1, sparsity if ramp_steps == 0 else 0.0
         self._masks: dict[str, ScoreMask] = {}
+        # every (module, attribute) that holds each target's weight: its owner first, then the modules tied to it
+        self._holders = {t.name: self._holders_of(t) for t in self.targets}  # before any parametrization moves a weight
         generator = torch.Generator().manual_seed(seed)
         for t in self.targets:
-            module, attr = self._owner(t)
+            module, attr = self._holders[t.name][0]
             weight = getattr(module, attr)
             weight.requires_grad_(train_weights)
             scores = torch.empty(weight.shape, dtype=torch.float32).normal_(init_mean, init_std, generator=generator)
             self._masks[t.name] = ScoreMask(scores.to(weight.device), t_forward, t_backward)
-            parametrize.register_parametrization(module, attr, self._masks[t.name])
+            for holder, name in self._holders[t.name]:
+                parametrize.register_parametrization(holder, name, self._masks[t.name])
         self.update(0)
 
     def _owner(self, target: Target) -> tuple[nn.Module, str]:
         module_name, _, attr = target.param_name.rpartition(".")
         return self.model.get_submodule(module_name), attr
+
+    def _holders_of(self, target: Target) -> list[tuple[nn.Module, str]]:
+        """The target's owner, then every other module attribute holding the same parameter (tied weights)."""
+        owner, attr = self._owner(target)
+        weight = getattr(owner, attr)
+        tied = [(m, name) for m in self.model.modules() for name, p in m._parameters.items()
+                if p is weight and not (m is owner and name == attr)]
+        return [(owner, attr), *tied]
 
     def scores(self) -> dict[str, nn.Parameter]:
         """Target name -> its score tensor θ (trained, float32, the weight's shape)."""
@@ -148,8 +164,8 @@ class MaskLearner:
 
     def update(self, step: int) -> dict[str, float]:
         """After optimizer step `step`: the target of this step, and the penalty's direction for the next."""
-        self.target_sparsity = sparsity_at(step, schedule="cubic", final_sparsity=self.sparsity, start_step=0,
-                                           end_step=self.ramp_steps) if self.ramp_steps else self.sparsity
+        self.target_sparsity = sparsity_at(step, schedule="cubic", final_sparsity=self.sparsity, start_step=self.ramp_start,
+                                           end_step=self.ramp_start + self.ramp_steps) if self.ramp_steps else self.sparsity
         realized = self.realized_sparsity()
         self.direction = 1 if realized < self.target_sparsity else -1 if realized > self.target_sparsity + self.band else 0
         return self.metrics(realized)
@@ -170,10 +186,15 @@ class MaskLearner:
 
     @torch.no_grad()
     def finish(self, exact: bool = False) -> dict[str, torch.Tensor]:
-        """Remove the parametrizations, zero the pruned weights in place, and return the final keep masks."""
+        """Remove the parametrizations (tied weights stay tied), zero the pruned weights in place, stop the scores'
+        training, and return the final keep masks."""
         masks = self.masks(exact)
         for t in self.targets:
-            module, attr = self._owner(t)
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            for holder, name in self._holders[t.name]:  # each gets the very parameter back
+                parametrize.remove_parametrizations(holder, name, leave_parametrized=False)
+            module, attr = self._holders[t.name][0]
             getattr(module, attr).mul_(masks[t.name].to(getattr(module, attr).dtype)).add_(0.0)  # pruned: +0.0, not -0.0
+        for scores in self.parameters():  # no longer in the model: an optimizer that holds them skips them from now on
+            scores.grad = None
+            scores.requires_grad_(False)
         return masks

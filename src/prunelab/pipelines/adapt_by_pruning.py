@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding, Trainer
 
 from ..config import versions
 from ..data.glue import Task, compute_metrics, get_task
-from ..integrations.hf_trainer import MaskLearnerCallback, attach, quiet
+from ..integrations.hf_trainer import MaskLearnerCallback, MaskLearnerLoss, attach, quiet
 from ..methods.learned_masks import MaskLearner
 from ..sparsity import sparsity_report
 from .common import check_number, optimizer_steps, training_arguments
@@ -58,21 +58,15 @@ class AdaptConfig(GlueOptions):
         check_number("--init-std", self.init_std, low=0)
 
 
-class _AdaptTrainer(Trainer):
-    """The Trainer with the learner's sparsity penalty added to the training loss."""
+class _AdaptTrainer(MaskLearnerLoss, Trainer):
+    """The Trainer with the learner's sparsity penalty added to the training loss (``learner=``)."""
 
-    def __init__(self, *args, learner: MaskLearner, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.learner = learner
         self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs)
-        if not model.training:
-            return out
-        loss, outputs = out if return_outputs else (out, None)
-        loss = loss + self.learner.penalty()
-        return (loss, outputs) if return_outputs else loss
+        return super().compute_loss(model, inputs, return_outputs)  # without num_items_in_batch: a per-batch mean
 
 
 def adapt(cfg: AdaptConfig, *, resume: bool = False, overwrite: bool = False) -> dict:

@@ -30,31 +30,29 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 from ..artifact import load_model, load_tokenizer
 from ..config import PruningConfig, check_criterion, versions
 from ..data.glue import Task, compute_metrics, get_task
-from ..integrations.hf_trainer import MaskLearnerCallback, attach, quiet
+from ..integrations.hf_trainer import MaskLearnerLoss, PruningCallback, attach, quiet
 from ..methods.kd_losses import DistillSettings, DistillWeights, distill_terms, layer_map, total_loss
-from ..methods.learned_masks import MaskLearner
 from ..pruner import Pruner
-from ..sparsity import mask_sparsity
+from . import soft_movement
 from .common import check_number, last_checkpoint, optimizer_steps, training_arguments
 from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
+from .soft_movement import SOFT_MOVEMENT, SoftMovementOptions
 from ..errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class DistillConfig(GlueOptions, DistillSettings):
+class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
     """A knowledge-aware sparse pruning run (see the module docstring); `teacher=None` is the baseline,
-    which ignores the loss weights and the temperature. See ``GlueOptions`` and ``DistillSettings`` for the rest."""
+    which ignores the loss weights and the temperature. See ``GlueOptions``, ``DistillSettings`` and
+    ``SoftMovementOptions`` for the rest."""
 
     teacher: str | None
     sparsity: float = 0.9
     criterion: str = "magnitude"
     scope: str = "matrix"
     weight_decay: float = 0.01
-    scores_lr: float = 1e-2  # soft-movement: the learning rate of the scores (Sanh et al.'s mask_scores_learning_rate)
-    penalty: float = 1e-4  # soft-movement: λ of ±λ·Σσ(S), switched by the target-sparsity control
-    band: float = 0.01  # soft-movement: realized sparsity this far above the target reverses the penalty
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,16 +65,9 @@ class DistillConfig(GlueOptions, DistillSettings):
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
             self.weights()  # validates the loss weights
-        check_criterion(self.criterion, ("magnitude", "random", "movement", "soft-movement"), "prunelab distill-prune")
-        check_number("--scores-lr", self.scores_lr, low=0, low_open=True)
-        check_number("--penalty", self.penalty, low=0)
-        check_number("--band", self.band, low=0)
-        if self.criterion == "soft-movement":
-            check_number("--sparsity", self.sparsity, low=0, high=1, high_open=True)
-            if self.scope != "matrix":
-                raise InputError(f"soft-movement learns one threshold-free mask over all targets; --scope {self.scope} "
-                                 "does not apply: drop it")
-        else:
+        check_criterion(self.criterion, "prunelab distill-prune")
+        self.check_soft_movement(self.criterion, self.sparsity, self.scope)
+        if self.criterion != SOFT_MOVEMENT:
             self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
 
     def pruning_config(self, total_steps: int) -> PruningConfig:
@@ -144,13 +135,12 @@ def _load_teacher(cfg: DistillConfig, task: Task, student_config, tokenizer) -> 
     return teacher.eval().requires_grad_(False), mapping
 
 
-class _DistillTrainer(Trainer):
+class _DistillLoss(Trainer):
     """A Trainer whose training loss is the distillation loss; evaluation keeps the plain task loss."""
 
     def __init__(self, *args, teacher=None, weights: DistillWeights | None = None, temperature: float = 1.0,
-                 regression: bool = False, learner: MaskLearner | None = None, **kwargs):
+                 regression: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.learner = learner  # soft movement: its sparsity penalty joins the training loss
         self.loss_is_scaled_for_ga = False  # our loss is a per-batch mean: the Trainer divides by grad_accum
         self.teacher, self.weights, self.temperature, self.regression = teacher, weights, temperature, regression
         self.teacher_seconds = 0.0
@@ -158,14 +148,6 @@ class _DistillTrainer(Trainer):
         self._term_batches = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = self._distill_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.learner is None or not model.training:
-            return out
-        loss, outputs = out if return_outputs else (out, None)
-        loss = loss + self.learner.penalty()
-        return (loss, outputs) if return_outputs else loss
-
-    def _distill_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.teacher is None or not model.training:  # baseline, or evaluation: the task loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         flags = dict(output_attentions=self.weights.attention > 0, output_hidden_states=self.weights.hidden > 0)
@@ -192,6 +174,10 @@ class _DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
+class _DistillTrainer(MaskLearnerLoss, _DistillLoss):
+    """The distillation Trainer; with soft movement (``learner=``) the learner's penalty joins its training loss."""
+
+
 class _StepTimer(TrainerCallback):
     """Seconds of the optimizer steps (forward, backward, optimizer, mask update), from step begin to step end."""
 
@@ -212,15 +198,13 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     if teacher is not None and cfg.alpha_attention > 0:
         model.set_attn_implementation("eager")
     total_steps = optimizer_steps(cfg.epochs, len(data["train"]), cfg.batch_size, cfg.grad_accum)
-    soft = cfg.criterion == "soft-movement"
-    learner = optimizer = None
-    if soft:  # scores over every target, the weights trained under their masks; two learning rates
-        learner = MaskLearner(model, cfg.sparsity, penalty=cfg.penalty, ramp_steps=round(cfg.prune_end * total_steps),
-                              band=cfg.band, seed=cfg.seed, train_weights=True, regularizer="sigmoid")
-        scores = {id(p) for p in learner.parameters()}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scores]
-        optimizer = torch.optim.AdamW([{"params": list(learner.parameters()), "lr": cfg.scores_lr, "weight_decay": 0.0},
-                                       {"params": rest, "lr": lr, "weight_decay": cfg.weight_decay}])
+    soft = cfg.criterion == SOFT_MOVEMENT
+    if soft:  # scores over every target, the weights trained under their masks; fixed exactly at the last step
+        learner, optimizer, callback = soft_movement.start(
+            model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay, ramp_start=0,
+            ramp_end=round(cfg.prune_end * total_steps), fix_at=total_steps, seed=cfg.seed)
+    else:
+        learner, optimizer, callback = None, None, PruningCallback(Pruner(model, cfg.pruning_config(total_steps)))
     args = training_arguments(run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(), max_steps=total_steps,
                               warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                               save_strategy="no" if soft else "epoch",  # a model under masks' parametrizations
@@ -231,8 +215,7 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
                               regression=task.is_regression, learner=learner, optimizers=(optimizer, None))
     if not cfg.progress:
         quiet(trainer)
-    pruner = None if soft else Pruner(model, cfg.pruning_config(total_steps))
-    attach(trainer, MaskLearnerCallback(learner) if soft else pruner)
+    attach(trainer, callback)
     timer = _StepTimer()
     trainer.add_callback(timer)  # after the pruner's callback: a step's time includes its mask update
     if torch.cuda.is_available():
@@ -240,19 +223,16 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
     peak_memory_mb = _peak_memory_mb()
 
-    reached = learner.realized_sparsity() if soft else None
-    if soft:  # the learned scores choose: the round(s·N) lowest go (exact, as every prunelab mask), held by a pruner
-        masks = learner.finish(exact=True)
-        pruner = Pruner(model, PruningConfig(sparsity=mask_sparsity(*masks.values()), criterion="soft-movement",
-                                             schedule="constant"), masks=masks)
+    if soft:  # the learned scores chose: the round(s·N) lowest went at the last step (exact), held by a pruner
+        pruner, fixed = soft_movement.finished(callback, trainer.state.global_step)
+    else:
+        pruner, fixed = callback.pruner, {"target_sparsity": cfg.sparsity}
+        if pruner.target_sparsity != cfg.sparsity:
+            raise RuntimeError(f"the schedule ended at sparsity {pruner.target_sparsity}, not {cfg.sparsity}; "
+                               f"end step {pruner.config.end_step} of {trainer.state.global_step}")
     report = pruner.sparsity_report()
-    if not soft and pruner.target_sparsity != cfg.sparsity:
-        raise RuntimeError(f"the schedule ended at sparsity {pruner.target_sparsity}, not {cfg.sparsity}; "
-                           f"end step {pruner.config.end_step} of {trainer.state.global_step}")
     result = {
-        "lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"],
-        "target_sparsity": cfg.sparsity,
-        **({"sparsity_at_end_of_training": reached} if soft else {}),  # soft movement's threshold S > 0 reached this
+        "lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"], **fixed,
         "steps": trainer.state.global_step, "seconds_per_step": timer.seconds / max(timer.steps, 1),
         "teacher_share": trainer.teacher_seconds / timer.seconds if timer.seconds else 0.0, "peak_memory_mb": peak_memory_mb,
     }

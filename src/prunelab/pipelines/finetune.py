@@ -4,7 +4,9 @@ Regimes (Gordon et al. 2020):
     * pruned (``masks="held"``): the model's masks are enforced while fine-tuning;
     * information deletion (``masks="free"``): its zeros are the start, weights may regrow;
     * pruned after downstream fine-tuning: dense for ``prune_after_epochs``, one-shot pruned to ``sparsity``
-      (``criterion``, ``scope``), then ``epochs`` more with masks held;
+      (``criterion``, ``scope``), then ``epochs`` more with masks held; by soft movement the masks are learned
+      over those first epochs instead (the target rising to ``sparsity``) and fixed exactly at the pruning step
+      (``soft_movement``);
     * random pruning: ``criterion="random"`` wherever a criterion is taken.
 
 The learning-rate grid, the evaluation and ``<out>/metrics.json`` are ``grid.run_grid``'s; this module is one run.
@@ -19,16 +21,19 @@ from transformers import DataCollatorWithPadding, Trainer
 from ..artifact import mask_selection, saved_masks
 from ..config import PruningConfig, check_criterion, versions
 from ..data.glue import Task, compute_metrics, get_task
-from ..integrations.hf_trainer import attach, quiet
+from ..integrations.hf_trainer import MaskLearnerLoss, PruningCallback, attach, quiet
 from ..pruner import Pruner
+from . import soft_movement
 from .common import check_number, last_checkpoint, optimizer_steps_per_epoch, training_arguments
 from .grid import GlueOptions, RunOutcome, evaluate_all, load_classifier, run_grid
+from .soft_movement import SOFT_MOVEMENT, SoftMovementOptions
 from ..errors import InputError
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(GlueOptions):
-    """A GLUE fine-tuning run; see the module docstring for the regimes and ``GlueOptions`` for the rest."""
+class FinetuneConfig(GlueOptions, SoftMovementOptions):
+    """A GLUE fine-tuning run; see the module docstring for the regimes, ``GlueOptions`` and ``SoftMovementOptions``
+    for the rest."""
 
     masks: str = "held"
     prune_after_epochs: float | None = None
@@ -44,7 +49,11 @@ class FinetuneConfig(GlueOptions):
         if (self.prune_after_epochs is None) != (self.sparsity is None):
             raise InputError("--prune-after-epochs and --sparsity go together (the pruned-after-fine-tuning regime); "
                              "to fine-tune an already pruned model pass its directory as MODEL")
-        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab finetune")
+        check_criterion(self.criterion, "prunelab finetune")
+        if self.criterion == SOFT_MOVEMENT and self.prune_after_epochs is None:
+            raise InputError("--criterion soft-movement learns masks in the pruned-after-fine-tuning regime: pass "
+                             "--prune-after-epochs N --sparsity S")
+        self.check_soft_movement(self.criterion, self.sparsity, self.scope)
         if self.sparsity is not None:
             PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope)  # validates all three
             check_number("--prune-after-epochs", self.prune_after_epochs, low=0, low_open=True)
@@ -56,6 +65,9 @@ class FinetuneConfig(GlueOptions):
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run `cfg` and return what ``<out>/metrics.json`` holds."""
     task = get_task(cfg.task)
+    if cfg.criterion == SOFT_MOVEMENT and saved_masks(cfg.model)[0]:
+        raise InputError(f"model {cfg.model!r} is a pruned artifact; soft-movement learns its masks from a dense model "
+                         "(its weights would regrow under learned masks): pass the dense model, or another --criterion")
     return run_grid(cfg, lambda lr, data, tokenizer, run_dir: _run_one_lr(cfg, task, lr, data, tokenizer, run_dir),
                     lambda best: {"regime": _regime(cfg)}, resume=resume, overwrite=overwrite)
 
@@ -66,25 +78,40 @@ def _regime(cfg: FinetuneConfig) -> str:
     return {"held": "masks held (pruned)", "free": "masks free (information deletion)"}[cfg.masks]
 
 
+class _FinetuneTrainer(MaskLearnerLoss, Trainer):
+    """The Trainer; with soft movement (``learner=``) the learner's penalty joins its training loss."""
+
+
 def _run_one_lr(cfg: FinetuneConfig, task: Task, lr: float, data: dict, tokenizer, run_dir) -> RunOutcome:
     model = load_classifier(cfg.model, task, cfg.seed)
-    pruner = _pruner_for(cfg, model, len(data["train"]))
+    soft = cfg.criterion == SOFT_MOVEMENT
+    if soft:  # scores learned while the weights train, until the pruning step fixes the masks exactly
+        prune_step = _prune_step(cfg, len(data["train"]))
+        learner, optimizer, callback = soft_movement.start(
+            model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay, ramp_start=0, ramp_end=prune_step,
+            fix_at=prune_step, seed=cfg.seed)
+    else:
+        learner, optimizer, callback = None, None, PruningCallback(_pruner_for(cfg, model, len(data["train"])))
     args = training_arguments(
         run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(),
         num_train_epochs=cfg.epochs + (cfg.prune_after_epochs or 0.0),
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio (transformers 5)
-        weight_decay=cfg.weight_decay, save_strategy="epoch", eval_strategy="no",
+        weight_decay=cfg.weight_decay, save_strategy="no" if soft else "epoch",  # soft: see soft_movement
+        eval_strategy="no",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids))
+    trainer = _FinetuneTrainer(model=model, args=args, train_dataset=data["train"],
+                               data_collator=DataCollatorWithPadding(tokenizer), learner=learner,
+                               optimizers=(optimizer, None),
+                               compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids))
     trainer.loss_is_scaled_for_ga = False  # classification losses are per-batch means: let the Trainer divide by grad_accum
     if not cfg.progress:
         quiet(trainer)
-    attach(trainer, pruner)
+    attach(trainer, callback)
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
 
+    pruner, fixed = (soft_movement.finished(callback, trainer.state.global_step) if soft else (callback.pruner, {}))
     report = pruner.sparsity_report()
-    result = {"lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"],
+    result = {"lr": lr, **evaluate_all(trainer, task, data), "sparsity": report["overall"]["sparsity"], **fixed,
               "steps": trainer.state.global_step}
     info = {"source": cfg.model, "task": task.name, "config": pruner.config.to_dict(), "versions": versions(),
             "report": report, "finetune": result}
@@ -96,10 +123,13 @@ def _pruner_for(cfg: FinetuneConfig, model, num_train: int) -> Pruner:
     masks, info = saved_masks(cfg.model)
     selection = mask_selection(model, info.get("config", {}), masks)
     if cfg.prune_after_epochs is not None:
-        steps_per_epoch = optimizer_steps_per_epoch(num_train, cfg.batch_size, cfg.grad_accum)
-        prune_step = max(1, round(cfg.prune_after_epochs * steps_per_epoch))
         config = PruningConfig(sparsity=cfg.sparsity, criterion=cfg.criterion, scope=cfg.scope, schedule="oneshot",
-                               start_step=prune_step, mode="enforced", seed=cfg.seed, **selection)
+                               start_step=_prune_step(cfg, num_train), mode="enforced", seed=cfg.seed, **selection)
         return Pruner(model, config, masks=masks)
     mode = "enforced" if cfg.masks == "held" else "free"
     return Pruner(model, PruningConfig(schedule="constant", mode=mode, **selection), masks=masks)
+
+
+def _prune_step(cfg: FinetuneConfig, num_train: int) -> int:
+    """The optimizer step after `prune_after_epochs` epochs of `num_train` examples (at least 1)."""
+    return max(1, round(cfg.prune_after_epochs * optimizer_steps_per_epoch(num_train, cfg.batch_size, cfg.grad_accum)))

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, Trainer, set_seed
 
 from ..artifact import load_config, load_model, load_tokenizer, save_artifact
 from ..config import label, versions
-from ..data.glue import Task, get_task, load_task
+from ..data.glue import Task, compute_metrics, get_task, load_task
 from ..io import read_json
 from .common import (METRICS_FILE, ListDataset, RunOptions, check_number, is_main_process, prepare_run_dir, run_log,
                      write_json_once)
@@ -208,6 +208,25 @@ def evaluate_all(trainer: Trainer, task: Task, data: dict) -> dict:
         dev[split] = {k[len(split) + 1:]: v for k, v in figures.items() if k[len(split) + 1:] in (*task.metrics, "accuracy", "score", "loss")}
     return {"dev": dev, "dev_score": float(np.mean([d["score"] for d in dev.values()])),
             "train_loss_full": trainer.evaluate(by_length(data["train"]), metric_key_prefix="train")["train_loss"]}
+
+
+def evaluate_saved(cfg: GlueOptions) -> dict:
+    """`cfg.model`, a classifier saved for `cfg.task` (its masks, if any, as saved), scored as it is, no training:
+    what ``evaluate_all`` returns, with ``dev_examples``. Writes nothing (the Trainer's output dir is not created)."""
+    from ..integrations.hf_trainer import quiet
+    from transformers import DataCollatorWithPadding
+
+    from .common import training_arguments
+
+    task = get_task(cfg.task)
+    data, tokenizer = load_data(cfg, task)
+    model = load_classifier(cfg.model, task, cfg.seed)
+    args = training_arguments(Path(cfg.out) / "evaluate", learning_rate=0.0, **cfg.trainer_kwargs(), save_strategy="no")
+    trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids))
+    if not cfg.progress:
+        quiet(trainer)
+    return {**evaluate_all(trainer, task, data), "dev_examples": {split: len(data[split]) for split in task.dev_splits}}
 
 
 def by_length(dataset: ListDataset) -> ListDataset:

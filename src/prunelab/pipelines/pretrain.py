@@ -8,7 +8,8 @@ The story of a run:
        up with the encoder frozen);
     4. measure the dev MLM loss (the paper's "pre-train loss" of the dense model);
     5. train with the pruning callback: cubic 0 -> S over [prune_start, prune_end], updated every
-       prune_every steps, masks held afterwards;
+       prune_every steps, masks held afterwards (soft movement: the masks are learned over the same window and
+       fixed exactly at prune_end, see ``soft_movement``);
     6. measure the dev loss again and save model + masks as a pruned artifact in ``<out>/model``.
 """
 
@@ -27,10 +28,12 @@ from ..artifact import load_config, load_model, load_tokenizer, save_artifact
 from ..config import PruningConfig, check_criterion, versions
 from ..data.corpus import read_corpus, read_hub_corpus, split_dev, to_blocks
 from ..io import read_json
-from ..integrations.hf_trainer import attach, quiet
+from ..integrations.hf_trainer import MaskLearnerLoss, PruningCallback, attach, quiet
 from ..pruner import Pruner
+from . import soft_movement
 from .common import (METRICS_FILE, ListDataset, RunOptions, check_number, is_main_process, last_checkpoint, prepare_run_dir,
                      run_log, training_arguments, write_json_once)
+from .soft_movement import SOFT_MOVEMENT, SoftMovementOptions
 from ..errors import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
@@ -39,8 +42,9 @@ _MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining", "LMHeadModel")
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(RunOptions):
-    """A pre-training-while-pruning run (see ``RunOptions`` for the rest). Steps are optimizer steps."""
+class PretrainConfig(RunOptions, SoftMovementOptions):
+    """A pre-training-while-pruning run (see ``RunOptions`` and ``SoftMovementOptions`` for the rest). Steps are
+    optimizer steps."""
 
     corpus: list[str]
     sparsity: float
@@ -91,7 +95,11 @@ class PretrainConfig(RunOptions):
         check_number("max_dev_blocks", self.max_dev_blocks, low=1, integer=True)
         if self.max_train_lines is not None:
             check_number("max_train_lines", self.max_train_lines, low=1, integer=True)
-        check_criterion(self.criterion, ("magnitude", "random", "movement"), "prunelab pretrain")
+        check_criterion(self.criterion, "prunelab pretrain")
+        self.check_soft_movement(self.criterion, self.sparsity, self.scope, self.structure)
+        if self.criterion == SOFT_MOVEMENT and self.schedule != "cubic":
+            raise InputError(f"--schedule {self.schedule} does not apply to soft-movement: its masks are learned as the "
+                             "target rises (cubic) to --prune-end, then fixed; drop --schedule")
         self.pruning_config()  # validates sparsity, criterion, scope and the schedule window
 
     def pruning_config(self) -> PruningConfig:
@@ -116,7 +124,7 @@ def _collate(dynamic: DataCollatorForLanguageModeling):
     return collate
 
 
-class MaskedTokensTrainer(Trainer):
+class MaskedTokensLoss(Trainer):
     """A Trainer whose MLM loss takes the logits of the masked tokens only.
 
     The output projection (vocabulary x hidden: for MiniLM as costly as its six layers together) then runs on the
@@ -138,6 +146,10 @@ class MaskedTokensTrainer(Trainer):
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else chosen.sum().clamp(min=1))
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         return (loss, outputs) if return_outputs else loss
+
+
+class MaskedTokensTrainer(MaskLearnerLoss, MaskedTokensLoss):
+    """The pre-training Trainer; with soft movement (``learner=``) the learner's penalty joins its training loss."""
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
@@ -170,9 +182,11 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     if tokenizer is None:
         raise InputError(f"model {cfg.model!r} has no tokenizer files; pass --tokenizer DIR")
     train = ListDataset([{"input_ids": b} for b in to_blocks(train_lines, tokenizer, cfg.max_seq_len)])
-    dev = _mask_once(to_blocks(dev_lines, tokenizer, cfg.max_seq_len)[: cfg.max_dev_blocks], tokenizer, cfg.mlm_probability, cfg.seed)
-    if len(train) == 0 or len(dev) == 0:
-        raise InputError(f"the corpus gives {len(train)} training and {len(dev)} dev blocks of {cfg.max_seq_len} tokens; provide more text")
+    dev_blocks = to_blocks(dev_lines, tokenizer, cfg.max_seq_len)[: cfg.max_dev_blocks]
+    if len(train) == 0 or len(dev_blocks) == 0:  # before masking: the collator fails on no blocks
+        raise InputError(f"the corpus gives {len(train)} training and {len(dev_blocks)} dev blocks of {cfg.max_seq_len} "
+                         "tokens; provide more text (or a lower --max-seq-len)")
+    dev = _mask_once(dev_blocks, tokenizer, cfg.mlm_probability, cfg.seed)
     collate = _collate(DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability))
 
     # 3. a model without an MLM head gets a fresh one
@@ -189,11 +203,17 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
     if fresh_head and cfg.head_warmup_steps and not resuming:
         head_loss = _warm_up_head(model, train, collate, out / "head-warmup", cfg, common)
 
-    # 4. dense dev loss
+    # 4. dense dev loss (soft movement's scores come first, as the Trainer takes their optimizer; they start
+    #    positive, so its masks keep every weight until training moves them)
+    soft = cfg.criterion == SOFT_MOVEMENT
+    learner, optimizer, callback = soft_movement.start(
+        model, cfg, sparsity=cfg.sparsity, lr=cfg.lr, weight_decay=cfg.weight_decay, ramp_start=cfg.prune_start,
+        ramp_end=cfg.prune_end, fix_at=cfg.prune_end, seed=cfg.seed) if soft else (None, None, None)
     args = training_arguments(checkpoints, learning_rate=cfg.lr, max_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-                              weight_decay=cfg.weight_decay, save_strategy="steps", save_steps=cfg.save_steps,
-                              prediction_loss_only=True, **common)
-    trainer = MaskedTokensTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=collate)
+                              weight_decay=cfg.weight_decay, save_strategy="no" if soft else "steps",  # soft: see above
+                              save_steps=cfg.save_steps, prediction_loss_only=True, **common)
+    trainer = MaskedTokensTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=collate,
+                                  learner=learner, optimizers=(optimizer, None))
     if not cfg.progress:
         quiet(trainer)
     before_path = out / "dev_loss_before.json"  # measured once; a resumed run reads it back
@@ -204,16 +224,19 @@ def _pretrain(cfg: PretrainConfig, out: Path) -> dict:
         write_json_once(before_path, {"dev_loss_before": dev_loss_before})
 
     # 5. train while pruning
-    pruner = Pruner(model, cfg.pruning_config())
-    attach(trainer, pruner)
+    if not soft:
+        callback = PruningCallback(Pruner(model, cfg.pruning_config()))
+    attach(trainer, callback)
     trainer.train(resume_from_checkpoint=resuming)
 
     # 6. final dev loss and the artifact
+    pruner, fixed = (soft_movement.finished(callback, trainer.state.global_step) if soft else
+                     (callback.pruner, {"target_sparsity": cfg.sparsity}))
     dev_loss_after = trainer.evaluate()["eval_loss"]
     report = pruner.sparsity_report()
     metrics = {
         "dev_loss_before": dev_loss_before, "dev_loss_after": dev_loss_after, "head_warmup_loss": head_loss,
-        "fresh_mlm_head": fresh_head, "sparsity": report["overall"]["sparsity"], "target_sparsity": cfg.sparsity,
+        "fresh_mlm_head": fresh_head, "sparsity": report["overall"]["sparsity"], **fixed,
         "steps": trainer.state.global_step, "train_blocks": len(train), "dev_blocks": len(dev),
         "seconds": time.time() - started, "versions": versions(),
     }

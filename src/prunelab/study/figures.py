@@ -19,7 +19,8 @@ def figure_1(data: dict, path: Path) -> None:
         rows = [r for r in data["rows"] if r["regime"] == regime and r["average"]]
         xs = [r["sparsity"] * 100 for r in rows]
         left.plot(xs, [r["average"]["score"] for r in rows], marker="o", label=REGIME_LABELS[regime])
-        right.plot(xs, [r["average"]["train_loss"] for r in rows], marker="o", label=REGIME_LABELS[regime])
+        losses = [(x, r["average"]["train_loss"]) for x, r in zip(xs, rows) if r["average"]["train_loss"] is not None]
+        right.plot([x for x, _ in losses], [y for _, y in losses], marker="o", label=REGIME_LABELS[regime])
     left.set(title=f"Average {data['metric'].name} vs. sparsity", xlabel="Sparsity of the pruned weights (%)",
              ylabel="Average dev score (0-100)")
     right.set(title="Average training loss vs. sparsity", xlabel="Sparsity of the pruned weights (%)",

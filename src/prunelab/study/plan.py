@@ -19,6 +19,13 @@ Regimes that start from the dense pre-trained model and reach sparsity s while l
     distill                   pruned (cubic) while fine-tuning, distilled from a ``teacher`` run: the dense model
                               fine-tuned on the task (best of the learning-rate grid), one per task x seed
     pruned_during_finetuning  the same pruning and budget without the teacher (the distill baseline)
+Regimes that start from the dense model fine-tuned on the task (the ``teacher`` run of each task x seed):
+    oneshot                   pruned one-shot to s (an ``oneshot`` run per task x seed x criterion: Wanda and SparseGPT
+                              calibrate on the task's training text) and scored as it is, no retraining
+    oneshot_finetuned         that model fine-tuned on, masks held, for [finetune] epochs_after_pruning
+The criteria axis (``spec.CRITERION_AXIS``): those regimes run once per criterion of ``criteria`` their command takes;
+a run of the spec's ``criterion`` keeps the id it had before the axis existed, another names its criterion
+(``finetune-pruned-movement-s0.50-...``); the oneshot regimes' ids always name it.
 
 A new regime is one planner function and one line in ``REGIMES``; a new recipe (what a run does) is one function
 and one line in ``recipes.RECIPES``.
@@ -33,12 +40,14 @@ from ..config import label
 from ..data.glue import get_task
 from ..errors import InputError
 from .recipes import RECIPES, Run
+from .spec import CRITERION_AXIS, StudySpec, regime_criteria
 from .spec import REGIMES as REGIME_NAMES
-from .spec import StudySpec
 
 # The parameters a run's id stands for: two runs planned under one id must agree on them.
-IDENTITY = ("sparsity", "heads", "ffn", "strategy", "count", "task", "lr", "seed")
-DENSE_START = ("pruned_after_finetuning", "adapt", "distill", "pruned_during_finetuning")  # start from pretrain-s0.00
+IDENTITY = ("sparsity", "heads", "ffn", "strategy", "count", "task", "lr", "seed", "criterion")
+DENSE_START = ("pruned_after_finetuning", "adapt", "distill", "pruned_during_finetuning", "oneshot",
+               "oneshot_finetuned")  # start from pretrain-s0.00
+ONESHOT = ("oneshot", "oneshot_finetuned")
 
 
 def _s(sparsity: float) -> str:
@@ -58,14 +67,26 @@ def structured_id(criterion: str, heads: float, ffn: float) -> str:
 
 
 def variant(regime: str, sparsity: float | None = None, strategy: str | None = None, count: int | None = None,
-            heads: float | None = None, ffn: float | None = None) -> str:
-    """The part of a fine-tuning run id that names its starting model: ``pruned-s0.50``, ``layer_drop-top-k2``,
-    ``structured-h0.50-f0.50``."""
+            heads: float | None = None, ffn: float | None = None, criterion: str | None = None) -> str:
+    """The part of a fine-tuning run id that names its starting model: ``pruned-s0.50``, ``pruned-movement-s0.50``
+    (`criterion` given: see ``criterion_tag``), ``layer_drop-top-k2``, ``structured-h0.50-f0.50``."""
     if regime == "layer_drop":
         return f"layer_drop-{strategy}-k{count}"
     if regime == "structured":
         return f"structured-h{label(heads)}-f{label(ffn)}"
-    return f"{'dense' if sparsity == 0 else regime}-{_s(sparsity)}"
+    if sparsity == 0:
+        return f"dense-{_s(sparsity)}"
+    return f"{regime}-{criterion}-{_s(sparsity)}" if criterion else f"{regime}-{_s(sparsity)}"
+
+
+def criterion_tag(spec: StudySpec, regime: str, criterion: str) -> str | None:
+    """What a run id says of its criterion: nothing for the spec's ``criterion`` (ids as before the criteria axis),
+    else the criterion; the oneshot regimes always name it."""
+    return criterion if regime in ONESHOT or criterion != spec.criterion else None
+
+
+def oneshot_id(criterion: str, sparsity: float, task: str, seed: int) -> str:
+    return f"oneshot-{criterion}-{_s(sparsity)}-{task}-seed{seed}"
 
 
 def finetune_id(variant_name: str, task: str, lr: float, seed: int) -> str:
@@ -98,6 +119,10 @@ class _Plan:
     def pretrain(self, sparsity: float, criterion: str) -> str:
         return self.add(pretrain_id(sparsity, criterion), "pretrain", {"sparsity": sparsity, "criterion": criterion})
 
+    def teacher(self, task: str, seed: int, start: str) -> str:
+        """The dense pre-trained model (run `start`) fine-tuned on `task` over the learning-rate grid."""
+        return self.add(teacher_id(task, seed), "teacher", {"task": task, "seed": seed, "start_run": start}, (start,))
+
     def finetunes(self, variant_name: str, params: dict, start: str, recipe: str = "finetune", teacher: bool = False) -> None:
         """Runs of `recipe` on the model made by run `start`, per task x learning rate x seed; with `teacher`
         each also depends on the task's teacher run (planned here)."""
@@ -107,8 +132,7 @@ class _Plan:
                 for seed in self.spec.finetune.seeds:
                     extra, deps = {}, (start,)
                     if teacher:
-                        extra["teacher"] = self.add(teacher_id(short, seed), "teacher",
-                                                    {"task": short, "seed": seed, "start_run": start}, (start,))
+                        extra["teacher"] = self.teacher(short, seed, start)
                         deps = (start, extra["teacher"])
                     self.add(finetune_id(variant_name, short, lr, seed), recipe,
                              {**params, "task": short, "lr": lr, "seed": seed, "start_run": start, **extra}, deps)
@@ -117,15 +141,26 @@ class _Plan:
 # -- regimes ------------------------------------------------------------------------------------------
 
 
+def criteria_of(spec: StudySpec, regime: str, sparsity: float) -> list[str]:
+    """The criteria `regime` runs with at `sparsity`: its axis (``regime_criteria``); the random regime's own; at
+    sparsity 0 one (every criterion's dense run is the same run)."""
+    criteria = regime_criteria(spec, regime) if regime in CRITERION_AXIS else ["random" if regime == "random" else spec.criterion]
+    return criteria[:1] if sparsity == 0 else criteria
+
+
 def _plan_pruning(plan: _Plan, regime: str, sparsity: float) -> None:
     spec = plan.spec
-    if regime == "pruned_after_finetuning" and sparsity > 0:
-        start, criterion = plan.pretrain(0.0, spec.criterion), spec.criterion
-    else:
-        criterion = "random" if regime == "random" else spec.criterion
-        start = plan.pretrain(sparsity, criterion)
-    name = "dense" if sparsity == 0 else regime
-    plan.finetunes(variant(regime, sparsity), {"regime": name, "sparsity": sparsity, "criterion": criterion}, start)
+    for criterion in criteria_of(spec, regime, sparsity):
+        tag = None if regime == "random" else criterion_tag(spec, regime, criterion)
+        if sparsity == 0:  # every regime's dense run
+            start, criterion, tag = plan.pretrain(0.0, spec.criterion), spec.criterion, None
+        elif regime == "pruned_after_finetuning":
+            start = plan.pretrain(0.0, spec.criterion)
+        else:
+            start = plan.pretrain(sparsity, criterion)
+        name = "dense" if sparsity == 0 else regime
+        plan.finetunes(variant(regime, sparsity, criterion=tag), {"regime": name, "sparsity": sparsity, "criterion": criterion},
+                       start)
 
 
 def _plan_layer_drop(plan: _Plan, regime: str, sparsity: None) -> None:
@@ -153,13 +188,37 @@ def _plan_structured(plan: _Plan, regime: str, sparsity: None) -> None:
 
 def _plan_from_dense(plan: _Plan, regime: str, sparsity: float) -> None:
     """adapt, distill, pruned_during_finetuning: from the dense pre-trained model to `sparsity` on the task."""
-    start = plan.pretrain(0.0, plan.spec.criterion)
+    spec = plan.spec
+    start = plan.pretrain(0.0, spec.criterion)
     if sparsity == 0:  # every regime's dense run
-        plan.finetunes(variant(regime, 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": plan.spec.criterion}, start)
+        plan.finetunes(variant(regime, 0.0), {"regime": "dense", "sparsity": 0.0, "criterion": spec.criterion}, start)
         return
     recipe = "adapt" if regime == "adapt" else "prune_while_finetuning"  # with a teacher (distill) or without
-    plan.finetunes(variant(regime, sparsity), {"regime": regime, "sparsity": sparsity, "criterion": plan.spec.criterion},
-                   start, recipe=recipe, teacher=regime == "distill")
+    for criterion in criteria_of(spec, regime, sparsity):
+        tag = criterion_tag(spec, regime, criterion) if regime in CRITERION_AXIS else None
+        plan.finetunes(variant(regime, sparsity, criterion=tag), {"regime": regime, "sparsity": sparsity, "criterion": criterion},
+                       start, recipe=recipe, teacher=regime == "distill")
+
+
+def _plan_oneshot(plan: _Plan, regime: str, sparsity: float) -> None:
+    """oneshot, oneshot_finetuned: the task's teacher (the dense model fine-tuned on it) pruned one-shot, then with
+    oneshot_finetuned fine-tuned on with masks held. At sparsity 0 the teacher is the row's model."""
+    spec = plan.spec
+    start = plan.pretrain(0.0, spec.criterion)
+    for task in spec.finetune.tasks:
+        short = get_task(task).name
+        for seed in spec.finetune.seeds:
+            teacher = plan.teacher(short, seed, start)
+            if sparsity == 0:
+                continue
+            for criterion in criteria_of(spec, regime, sparsity):
+                params = {"regime": "oneshot", "sparsity": sparsity, "criterion": criterion, "task": short, "seed": seed}
+                pruned = plan.add(oneshot_id(criterion, sparsity, short, seed), "oneshot", {**params, "start_run": teacher},
+                                  (teacher,))
+                if regime == "oneshot_finetuned":
+                    for lr in learning_rates(spec, regime):
+                        plan.add(finetune_id(variant(regime, sparsity, criterion=criterion), short, lr, seed), "finetune",
+                                 {**params, "regime": regime, "lr": lr, "start_run": pruned}, (pruned,))
 
 
 @dataclass(frozen=True)
@@ -181,6 +240,8 @@ REGIMES = {
     "adapt": Regime(_plan_from_dense),
     "distill": Regime(_plan_from_dense),
     "pruned_during_finetuning": Regime(_plan_from_dense),
+    "oneshot": Regime(_plan_oneshot),
+    "oneshot_finetuned": Regime(_plan_oneshot),
 }
 assert set(REGIMES) == set(REGIME_NAMES), "spec.REGIMES and plan.REGIMES name the same regimes"
 

@@ -34,10 +34,18 @@ def _result_of(root: Path, run_id: str) -> dict:
 
 
 def run_pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
-    """Continued MLM pre-training, pruned on a cubic schedule to the run's sparsity (0: dense)."""
+    """Continued MLM pre-training, pruned on a cubic schedule to the run's sparsity (0: dense). With ``[pretrain]
+    steps = 0`` (only for regimes that start from the dense model) the dense run is the spec's model as it is."""
     from ..pipelines.pretrain import PretrainConfig, pretrain
 
     p = spec.pretrain
+    if p.steps == 0:
+        from ..artifact import resolve_model_path
+
+        model = resolve_model_path(spec.model)
+        deployment = measure_deployment(spec, Path(model), work) if Path(model).is_dir() else None
+        return {"model": model, "dev_loss_before": None, "dev_loss_after": None, "realized_sparsity": 0.0, "seconds": 0.0,
+                "deployment": deployment}
     text = (dict(corpus=[str(data_dir / c) for c in spec.data.corpus], dev_file=[str(data_dir / c) for c in spec.data.dev_corpus])
             if data_dir else dict(corpus=[], dataset=spec.data.hub_corpus))  # no data directory: the hub
     cfg = PretrainConfig(
@@ -147,7 +155,10 @@ def _finetune_options(spec: StudySpec, run: Run) -> dict:
     if regime == "information_deletion":
         return {"masks": "free"}
     if regime == "pruned_after_finetuning":
-        return {"epochs": f.epochs_after_pruning, "prune_after_epochs": f.prune_after_epochs, "sparsity": run.params["sparsity"]}
+        return {"epochs": f.epochs_after_pruning, "prune_after_epochs": f.prune_after_epochs, "sparsity": run.params["sparsity"],
+                "criterion": run.params["criterion"]}
+    if regime == "oneshot_finetuned":  # a one-shot pruned fine-tuned model, fine-tuned on with its masks held
+        return {"epochs": f.epochs_after_pruning}
     return {}  # masks held: a pruned model keeps its zeros; a dense or layer-dropped one (no masks file) is dense
 
 
@@ -155,9 +166,8 @@ def run_finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
     """GLUE fine-tuning of the model of the run it starts from at one learning rate and seed."""
     from ..pipelines.finetune import FinetuneConfig, finetune
 
-    options = {"masks": "held", "epochs": spec.finetune.epochs, **_finetune_options(spec, run)}
-    cfg = FinetuneConfig(**_glue_run(spec, data_dir, root, run, work), lrs=[run.params["lr"]], criterion=spec.criterion,
-                         scope=spec.scope, **options)
+    options = {"masks": "held", "epochs": spec.finetune.epochs, "criterion": spec.criterion, **_finetune_options(spec, run)}
+    cfg = FinetuneConfig(**_glue_run(spec, data_dir, root, run, work), lrs=[run.params["lr"]], scope=spec.scope, **options)
     m = finetune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"], "dev_examples": m["dev_examples"]}
@@ -181,7 +191,31 @@ def run_teacher(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, wo
                          save_model=True)
     m = finetune(cfg, overwrite=True)
     return {"model": str(work / "model"), "best_lr": m["best_lr"], "dev": m["dev"], "dev_score": m["dev_score"],
-            "seconds": m["seconds"]}
+            "train_loss_full": m["train_loss_full"], "seconds": m["seconds"]}
+
+
+def run_oneshot(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
+    """The task's teacher (the dense model fine-tuned on it) pruned one-shot by the run's criterion to its sparsity
+    (``[oneshot]``: Wanda and SparseGPT calibrate on the task's training examples), saved to ``work/model`` and
+    scored on the dev set as it is."""
+    import time
+
+    from ..config import CALIBRATED, PruningConfig
+    from ..data.calibration import Calibration
+    from ..oneshot import prune
+    from ..pipelines.grid import GlueOptions, evaluate_saved
+
+    p, o, started = run.params, spec.oneshot, time.time()
+    glue = _glue_run(spec, data_dir, root, run, work)
+    calibration = (Calibration(task=p["task"], data_dir=glue["data_dir"], samples=o.calibration_samples,
+                               max_seq_len=spec.finetune.max_seq_len, seed=p["seed"])
+                   if p["criterion"] in CALIBRATED else None)
+    config = PruningConfig(sparsity=p["sparsity"], criterion=p["criterion"], exclude=o.exclude, seed=p["seed"])
+    info = prune(glue["model"], config, work / "model", overwrite=True, calibration=calibration)
+    m = evaluate_saved(GlueOptions(**{**glue, "model": str(work / "model")}))
+    return {"model": str(work / "model"), "dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
+            "realized_sparsity": info["report"]["overall"]["sparsity"], "fallback": info.get("fallback"),
+            "dev_examples": m["dev_examples"], "seconds": time.time() - started}
 
 
 def run_adapt(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
@@ -205,7 +239,7 @@ def run_prune_while_finetuning(spec: StudySpec, data_dir: Path | None, root: Pat
     teacher_model = _result_of(root, run.params["teacher"])["model"] if run.params.get("teacher") else None
     cfg = DistillConfig(**_glue_run(spec, data_dir, root, run, work), **dataclasses.asdict(spec.distill), teacher=teacher_model,
                         sparsity=run.params["sparsity"], lrs=[run.params["lr"]], epochs=spec.finetune.epochs,
-                        criterion=spec.criterion, scope=spec.scope)
+                        criterion=run.params.get("criterion", spec.criterion), scope=spec.scope)
     m = distill_prune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"], "seconds_per_step": m["seconds_per_step"],
@@ -227,6 +261,7 @@ RECIPES: dict[str, Recipe] = {
     "structured": Recipe("structured pruning", run_structured),
     "finetune": Recipe("fine-tuning", run_finetune),
     "teacher": Recipe("teacher", run_teacher),
+    "oneshot": Recipe("one-shot pruning", run_oneshot),
     "adapt": Recipe("mask learning", run_adapt),
     "prune_while_finetuning": Recipe("pruning while fine-tuning", run_prune_while_finetuning),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import write_text
+from .criteria_report import criteria_csv, criteria_markdown, criteria_md, figure_criteria
 from .findings import budget, findings
 from .figures import figure_1, figure_2, figure_deployment, figure_layer_drop, figure_methods
 from .results import OFFICIAL, PAPER, collect
@@ -21,7 +22,8 @@ MEASURED = {
 
 
 def write_report(root: str | Path, *, paper_metrics: bool = False) -> Path:
-    """Write ``<root>/report/``: table1.{md,csv,tex}, figure1.png, figure2.png, with the layer_drop regime
+    """Write ``<root>/report/``: table1.{md,csv,tex}, figure1.png, figure2.png, comparing criteria criteria.{md,csv}
+    and criteria.png, with the layer_drop regime
     layer_drop.{md,csv} and layer_drop.png, with layer_drop or structured methods.{md,csv} and methods.png (every
     method on one axis), where runs measured their models deployment.{md,csv} and deployment.png, and report.md.
     Returns the folder.
@@ -37,6 +39,10 @@ def write_report(root: str | Path, *, paper_metrics: bool = False) -> Path:
         write_text(out / name, text)
     figure_1(data, out / "figure1.png")
     slopes = figure_2(data, out / "figure2.png")
+    if data["criteria"] is not None:
+        write_text(out / "criteria.md", criteria_markdown(data))
+        write_text(out / "criteria.csv", criteria_csv(data))
+        figure_criteria(data, out / "criteria.png")
     if data["layer_drop"] is not None:
         write_text(out / "layer_drop.md", layer_drop_markdown(data))
         write_text(out / "layer_drop.csv", layer_drop_csv(data))
@@ -81,6 +87,8 @@ def _report_md(data: dict, slopes: dict) -> str:
         "Least-squares slope of dev score against pre-training loss (information deletion):", "",
     ]
     lines += [f"- {task.upper()}: {MISSING if s is None else f'{s:.1f} points per nat'}" for task, s in slopes.items()]
+    if data["criteria"] is not None:
+        lines += ["", *criteria_md(data)]
     if data["layer_drop"] is not None:
         lines += ["", *_layer_drop_md(data)]
     if _compares_methods(data):

@@ -10,7 +10,9 @@ import numpy as np
 
 from ..data.glue import get_task
 from ..io import read_json
-from .plan import DENSE_START, REGIMES, droplayers_id, expand, finetune_id, learning_rates, pretrain_id, structured_id, variant
+from .plan import (DENSE_START, ONESHOT, REGIMES, criteria_of, criterion_tag, droplayers_id, expand, finetune_id,
+                   learning_rates, oneshot_id, pretrain_id, structured_id, teacher_id, variant)
+from .spec import CRITERION_AXIS
 from .runner import study_status
 from .study_dir import RESULT_FILE, open_study, run_dir
 
@@ -52,9 +54,11 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
     cell whose runs have not finished (or lack the metric) is ``None``, so a partial study reports too.
 
     Returns:
-        ``{"spec", "tasks", "regimes", "rows": [{"regime", "sparsity", "pretrain_loss", "cells": {task: {"score",
-        "train_loss", "lr"} | None}, "average": {...} | None}], "layer_drop": [...] | None, "status", "metric"}``,
-        where "regimes" are those varying sparsity (Table 1's) and "layer_drop" the layer-drop table's rows
+        ``{"spec", "tasks", "regimes", "rows": [{"regime", "criterion", "sparsity", "pretrain_loss", "cells": {task:
+        {"score", "train_loss", "lr"} | None}, "average": {...} | None}], "criteria": [...] | None, "layer_drop": [...]
+        | None, "status", "metric"}``, where "regimes" are those varying sparsity (Table 1's: each with the spec's
+        ``criterion``, where it takes it), "criteria" the same rows for every criterion of the criteria axis
+        (``None`` unless the spec compares criteria: several, or a oneshot regime), "layer_drop" the layer-drop table's rows
         (see ``_layer_drop_rows``), ``None`` when the study has no layer_drop regime; "methods" sets the dense
         model, unstructured pruning, layer dropping and structured pruning side by side (``_method_rows``), with
         what each model's run measured for deployment.
@@ -67,28 +71,54 @@ def collect(root: str | Path, metric: Metric = OFFICIAL) -> dict:
         if path.is_file():
             results[run.id] = read_json(path, "result file")
     tasks = [get_task(t).name for t in spec.finetune.tasks]
-    regimes = [r for r in spec.regimes if REGIMES[r].per_sparsity]
-    rows = []
-    for regime in regimes:
-        for sparsity in spec.sparsities:
-            criterion = "random" if regime == "random" else spec.criterion
-            source = pretrain_id(0.0 if regime in DENSE_START else sparsity, criterion)
-            pre = results.get(source)
-            cells = {task: _best_cell(results, variant(regime, sparsity), task, spec, metric) for task in tasks}
-            rows.append({"regime": regime, "sparsity": sparsity, "pretrain_loss": pre["dev_loss_after"] if pre else None,
-                         "cells": cells, "average": _average(cells)})
+    def row(regime: str, criterion: str, sparsity: float) -> dict:
+        pre = results.get(pretrain_id(0.0 if regime in DENSE_START else sparsity, criterion))
+        cells = {task: _regime_cell(results, spec, regime, criterion, sparsity, task, metric) for task in tasks}
+        return {"regime": regime, "criterion": criterion, "sparsity": sparsity,
+                "pretrain_loss": pre["dev_loss_after"] if pre else None, "cells": cells, "average": _average(cells)}
+
+    regimes = [r for r in spec.regimes if REGIMES[r].per_sparsity
+               and (r not in CRITERION_AXIS or spec.criterion in criteria_of(spec, r, 1.0))]
+    rows = [row(r, "random" if r == "random" else spec.criterion, s) for r in regimes for s in spec.sparsities]
+    axis = [r for r in spec.regimes if r in CRITERION_AXIS]
+    compared = len(spec.criteria) > 1 or any(r in ONESHOT for r in axis)
+    criteria = [row(r, c, s) for r in axis for c in criteria_of(spec, r, 1.0) for s in spec.sparsities] if compared else None
     layer_drop = _layer_drop_rows(results, spec, tasks, metric) if "layer_drop" in spec.regimes else None
-    methods = _method_rows(results, spec, tasks, metric, rows, layer_drop)
+    methods = _method_rows(results, spec, tasks, metric, rows, criteria, layer_drop)
     dev_examples = {r["task"]: sum(r["dev_examples"].values()) for r in results.values() if r.get("dev_examples")}
-    return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "layer_drop": layer_drop, "methods": methods,
+    return {"spec": spec, "tasks": tasks, "regimes": regimes, "rows": rows, "criteria": criteria, "layer_drop": layer_drop,
+            "methods": methods,
             "status": study_status(root), "metric": metric, "dev_examples": dev_examples}
 
 
 def _average(cells: dict) -> dict | None:
     if not all(cells.values()):
         return None
+    losses = [c["train_loss"] for c in cells.values()]
     return {"score": float(np.mean([c["score"] for c in cells.values()])),
-            "train_loss": float(np.mean([c["train_loss"] for c in cells.values()]))}
+            "train_loss": None if None in losses else float(np.mean(losses))}
+
+
+def _regime_cell(results: dict, spec, regime: str, criterion: str, sparsity: float, task: str, metric: Metric) -> dict | None:
+    """A regime's cell at `sparsity` for `criterion`: the best learning rate of its fine-tuning runs; the oneshot
+    regimes' dense cell is the task's teacher (the dense model fine-tuned on it), and oneshot's own cells score the
+    pruned teacher as it is (no learning rate: ``lr`` is ``None``)."""
+    seeds = spec.finetune.seeds
+    if regime in ONESHOT and sparsity == 0:
+        return _seeds_cell([results.get(teacher_id(task, seed)) for seed in seeds], metric)
+    if regime == "oneshot":
+        return _seeds_cell([results.get(oneshot_id(criterion, sparsity, task, seed)) for seed in seeds], metric)
+    tag = criterion_tag(spec, regime, criterion) if regime in CRITERION_AXIS else None
+    return _best_cell(results, variant(regime, sparsity, criterion=tag), task, spec, metric)
+
+
+def _seeds_cell(runs: list[dict | None], metric: Metric) -> dict | None:
+    """The mean over seeds of runs that have no learning-rate grid of their own; ``None`` if any is missing."""
+    if any(r is None for r in runs) or any(metric.of(r) is None for r in runs):
+        return None
+    losses = [r.get("train_loss_full") for r in runs]
+    return {"score": float(np.mean([metric.of(r) for r in runs])) * 100,
+            "train_loss": None if None in losses else float(np.mean(losses)), "lr": None}
 
 
 def _layer_drop_rows(results: dict, spec, tasks: list[str], metric: Metric) -> list[dict]:
@@ -133,7 +163,8 @@ def encoder_weights(model_dir: str | Path) -> tuple[int, int]:
     return nonzero, total
 
 
-def _method_rows(results: dict, spec, tasks: list[str], metric: Metric, rows: list[dict], layer_drop) -> list[dict]:
+def _method_rows(results: dict, spec, tasks: list[str], metric: Metric, rows: list[dict], criteria: list[dict] | None,
+                 layer_drop) -> list[dict]:
     """Every method whose fine-tuned model keeps the structure of the model it starts from, on one axis:
     ``{"method", "setting", "run", "kept", "deployment", "cells", "average"}``. `run` made that starting model;
     `kept` is its nonzero encoder-layer weights over the dense pre-trained model's (``None`` until it exists);
@@ -152,10 +183,10 @@ def _method_rows(results: dict, spec, tasks: list[str], metric: Metric, rows: li
 
     dense_cells = {task: _best_cell(results, variant("dense", 0.0), task, spec, metric) for task in tasks}
     out = [row("dense", "", dense_run, dense_cells, _average(dense_cells))]
-    for r in rows:
-        if r["regime"] in ("pruned", "random") and r["sparsity"] > 0:
-            criterion = "random" if r["regime"] == "random" else spec.criterion
-            out.append(row("unstructured", f"{criterion} {r['sparsity']:.0%}", pretrain_id(r["sparsity"], criterion),
+    others = [r for r in criteria or [] if r["regime"] == "pruned" and r["criterion"] != spec.criterion]
+    for r in [r for r in rows if r["regime"] in ("pruned", "random")] + others:  # other criteria after the spec's
+        if r["sparsity"] > 0:
+            out.append(row("unstructured", f"{r['criterion']} {r['sparsity']:.0%}", pretrain_id(r["sparsity"], r["criterion"]),
                            r["cells"], r["average"]))
     for r in (layer_drop or [])[1:]:
         out.append(row("layer dropping", f"{r['strategy']} {r['count']}", droplayers_id(r["strategy"], r["count"]),

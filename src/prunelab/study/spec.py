@@ -3,13 +3,15 @@
     name = "compressing-bert"
     model = "bert-base-uncased"
     sparsities = [0.0, 0.1, ...]
-    regimes = ["pruned", "information_deletion", "pruned_after_finetuning", "random"]   (also "layer_drop")
+    regimes = ["pruned", "information_deletion", "pruned_after_finetuning", "random"]   (and more: REGIMES)
+    criteria = ["magnitude"]                       (the criteria axis: see CRITERION_AXIS)
     [data]      dir, corpus, glue                  (paths relative to dir; glue = "hub" for nyu-mll/glue)
     [pretrain]  steps, prune_end, prune_every, batch_size, max_seq_len, lr, ...
     [finetune]  tasks, lrs, epochs, seeds, batch_size, max_seq_len, max_train_samples, prune_after_epochs, ...
     [layer_drop] strategies, counts                 (the layer_drop regime: Sajjad et al. 2020, "Poor Man's BERT")
     [structured] criterion, scope, heads, ffn       (the structured regime: heads and FFN neurons removed)
     [deployment] measure, batch_size, seq_len, repeats, int8 (what each model run measures for the deployment table)
+    [oneshot]   calibration_samples, exclude        (the oneshot regimes: the fine-tuned model pruned one-shot)
     [resources] cpus, gpus                          (per run, for the Ray executor)
 """
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from pathlib import Path
 
-from ..config import from_dict
+from ..config import COMMAND_CRITERIA, CRITERION_NAMES, from_dict
 from ..data.glue import get_task
 from ..methods.kd_losses import DistillSettings
 from ..methods.layer_drop import STRATEGIES
@@ -33,7 +35,14 @@ from ..errors import InputError, MissingInputError
 
 # How each regime is planned lives in plan.REGIMES; these are their names, in the order they are documented.
 REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random", "layer_drop", "structured", "adapt",
-           "distill", "pruned_during_finetuning")
+           "distill", "pruned_during_finetuning", "oneshot", "oneshot_finetuned")
+# The criteria axis: a regime named here runs once per criterion of the spec's ``criteria`` that the command doing
+# its pruning takes (``config.COMMAND_CRITERIA``); the other regimes have their own (random, structured) or none.
+CRITERION_AXIS = {"pruned": "prunelab pretrain", "information_deletion": "prunelab pretrain",
+                  "pruned_after_finetuning": "prunelab finetune", "distill": "prunelab distill-prune",
+                  "pruned_during_finetuning": "prunelab distill-prune", "oneshot": "prunelab prune",
+                  "oneshot_finetuned": "prunelab prune"}
+PRUNED_IN_PRETRAINING = ("pruned", "information_deletion", "random")  # their models are pruned while pre-training
 STUDY_UNIT_CRITERIA = ("magnitude", "random")  # the structured regime's: no task data needed
 DEFAULT_REGIMES = ("pruned", "information_deletion", "pruned_after_finetuning", "random")  # the paper's four
 
@@ -52,12 +61,12 @@ SEED_RANGE = (0, 2**32 - 1)
 
 @dataclass
 class PretrainSpec:
-    RANGES: ClassVar[dict] = {"steps": (1, None), "prune_end": (1, None), "prune_every": (1, None), "batch_size": (1, None),
+    RANGES: ClassVar[dict] = {"steps": (0, None), "prune_end": (1, None), "prune_every": (1, None), "batch_size": (1, None),
                               "max_seq_len": (8, None), "lr": (0, None), "head_warmup_steps": (0, None),
                               "max_train_lines": (1, None), "max_dev_blocks": (1, None)}
     OPEN: ClassVar[tuple] = ("lr",)
 
-    steps: int = 1000
+    steps: int = 1000  # 0: no pre-training, the model as it is (regimes that start from the dense model only)
     prune_end: int | None = None
     prune_every: int = 10
     batch_size: int = 32
@@ -160,6 +169,19 @@ class DistillSpec(DistillSettings):
 
 
 @dataclass
+class OneshotSpec:
+    """The oneshot regimes: the dense pre-trained model fine-tuned on the task (its ``teacher`` run) pruned one-shot by
+    each criterion, scored as it is (oneshot) and after ``[finetune] epochs_after_pruning`` more epochs with its masks
+    held (oneshot_finetuned). Wanda and SparseGPT calibrate on `calibration_samples` training examples of the task;
+    `exclude` names the target kinds left dense (default: the encoder's linear layers only, as the papers prune)."""
+
+    RANGES: ClassVar[dict] = {"calibration_samples": (1, None)}
+
+    calibration_samples: int = 128
+    exclude: list[str] = field(default_factory=lambda: ["embeddings", "pooler"])
+
+
+@dataclass
 class Resources:
     RANGES: ClassVar[dict] = {"cpus": (0, None), "gpus": (0, None)}
 
@@ -177,6 +199,7 @@ class StudySpec:
     sparsities: list[float]
     regimes: list[str] = field(default_factory=lambda: list(DEFAULT_REGIMES))
     criterion: str = "magnitude"
+    criteria: list[str] | None = None  # default: [criterion]
     scope: str = "matrix"
     data: DataSpec = field(default_factory=DataSpec)
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
@@ -186,6 +209,7 @@ class StudySpec:
     deployment: DeploymentSpec = field(default_factory=DeploymentSpec)
     adapt: AdaptSpec = field(default_factory=AdaptSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
+    oneshot: OneshotSpec = field(default_factory=OneshotSpec)
     resources: Resources = field(default_factory=Resources)
     source: str = ""
 
@@ -200,6 +224,11 @@ class StudySpec:
         if self.criterion not in CRITERIA or self.scope not in SCOPES:
             raise InputError(f"criterion {self.criterion!r} / scope {self.scope!r}{where}: allowed criteria "
                              f"{', '.join(sorted(CRITERIA))}, scopes {', '.join(SCOPES)}")
+        self._check_criteria(where)
+        pruned_in_pretraining = [r for r in self.regimes if r in PRUNED_IN_PRETRAINING]
+        if self.pretrain.steps == 0 and pruned_in_pretraining and any(s > 0 for s in self.sparsities):
+            raise InputError(f"[pretrain] steps = 0{where} leaves nothing to prune during pre-training, which regime "
+                             f"{pruned_in_pretraining[0]!r} does; give steps >= 1 or drop the regime")
         for task in self.finetune.tasks:
             try:
                 get_task(task)
@@ -211,6 +240,30 @@ class StudySpec:
         self._check_structured(where)
         if not self.adapt.lrs or any(lr <= 0 for lr in self.adapt.lrs):
             raise InputError(f"[adapt] lrs{where} must be a non-empty list of positive learning rates, e.g. [1e-3]")
+
+    def _check_criteria(self, where: str) -> None:
+        if self.criteria is None:
+            self.criteria = [self.criterion]
+        if not isinstance(self.criteria, list) or not self.criteria or len(set(self.criteria)) < len(self.criteria) or \
+                any(c not in CRITERION_NAMES for c in self.criteria):
+            raise InputError(f"criteria {self.criteria!r}{where}: give a non-empty list without repeats from "
+                             f"{', '.join(CRITERION_NAMES)}")
+        axis = [r for r in self.regimes if r in CRITERION_AXIS]
+        for c in self.criteria:
+            if not any(c in COMMAND_CRITERIA[CRITERION_AXIS[r]] for r in axis):
+                takes = sorted(r for r, command in CRITERION_AXIS.items() if c in COMMAND_CRITERIA[command])
+                raise InputError(f"criterion {c!r} in criteria{where} applies to none of the regimes {', '.join(self.regimes)}; "
+                                 f"add one that takes it ({', '.join(takes)}) or drop it")
+        for r in axis:
+            if not regime_criteria(self, r):
+                raise InputError(f"regime {r!r}{where} takes none of criteria {self.criteria}; add one of "
+                                 f"{', '.join(COMMAND_CRITERIA[CRITERION_AXIS[r]])} or drop the regime")
+        try:
+            from ..targets import parse_kinds
+
+            parse_kinds(self.oneshot.exclude, "[oneshot] exclude")
+        except InputError as err:
+            raise InputError(f"{err}{where}") from None
 
     def _check_layer_drop(self, where: str) -> None:
         strategies, counts = self.layer_drop.strategies, self.layer_drop.counts
@@ -253,9 +306,14 @@ class StudySpec:
         return (base / os.path.expandvars(chosen)).resolve()
 
 
+def regime_criteria(spec: StudySpec, regime: str) -> list[str]:
+    """The criteria `regime` runs with: those of ``spec.criteria`` its command takes (``CRITERION_AXIS``)."""
+    return [c for c in spec.criteria if c in COMMAND_CRITERIA[CRITERION_AXIS[regime]]]
+
+
 # An absent section takes its defaults, so a study.json written before a section existed still opens.
 SECTIONS = {"data": DataSpec, "pretrain": PretrainSpec, "finetune": FinetuneSpec, "layer_drop": LayerDropSpec,
-            "structured": StructuredSpec, "deployment": DeploymentSpec, "adapt": AdaptSpec, "distill": DistillSpec, "resources": Resources}
+            "structured": StructuredSpec, "deployment": DeploymentSpec, "adapt": AdaptSpec, "distill": DistillSpec, "oneshot": OneshotSpec, "resources": Resources}
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:

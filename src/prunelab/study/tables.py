@@ -12,7 +12,9 @@ MISSING = "—"
 REGIME_LABELS = {"pruned": "Pruned (during pre-training)", "information_deletion": "Information deletion",
                  "pruned_after_finetuning": "Pruned after fine-tuning", "random": "Random pruning",
                  "layer_drop": "Layer dropping", "structured": "Structured pruning (heads, FFN neurons)", "adapt": "Adapting by pruning (learned masks)",
-                 "distill": "Knowledge-aware pruning (distilled)", "pruned_during_finetuning": "Pruned during fine-tuning"}
+                 "distill": "Knowledge-aware pruning (distilled)", "pruned_during_finetuning": "Pruned during fine-tuning",
+                 "oneshot": "One-shot, fine-tuned model (no retraining)",
+                 "oneshot_finetuned": "One-shot, fine-tuned model, then fine-tuned on"}
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -20,7 +22,7 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def _cell(cell: dict | None) -> str:
-    return MISSING if cell is None else f"{cell['score']:.1f} ({cell['train_loss']:.2f})"
+    return MISSING if cell is None else f"{cell['score']:.1f} ({_fmt(cell['train_loss'], 2)})"
 
 
 def _cells(data: dict, row: dict) -> list[str]:
