@@ -50,7 +50,7 @@ def test_every_form_is_measured_and_the_chosen_one_written(tmp_path, glue_dir, c
     printed = capsys.readouterr().out
     result = json.loads((out / "ship.json").read_text())
     rows = {r["form"]: r for r in result["forms"]}
-    assert list(rows) == ["pytorch", "compressed", "onnx", "int8"] and result["skipped"] == {}
+    assert list(rows) == ["pytorch", "compressed", "onnx", "int8", "vocab", "vocab-int8"] and result["skipped"] == {}
     for row in rows.values():
         assert row["bytes"] > 0 and 0 <= row["score"] <= 100 and row["drop"] == pytest.approx(rows["pytorch"]["score"] - row["score"])
         assert set(row["latency_ms"]) == {"1", "2"} and all(ms > 0 for ms in row["latency_ms"].values())
@@ -60,6 +60,9 @@ def test_every_form_is_measured_and_the_chosen_one_written(tmp_path, glue_dir, c
     assert rows["compressed"]["latency_ms"] == rows["pytorch"]["latency_ms"] and rows["compressed"]["timed_as"] == "pytorch"
     assert rows["int8"]["kind"].startswith("onnx int8 (") and rows["onnx"]["kind"] == "onnx fp32"
     assert rows["int8"]["bytes"] < rows["onnx"]["bytes"]
+    assert rows["vocab"]["kind"].startswith("pytorch fp32") and rows["vocab-int8"]["kind"].startswith("onnx int8 (")
+    assert rows["vocab"]["bytes"] < rows["pytorch"]["bytes"]  # the embedding rows the training text never uses, gone
+    assert rows["vocab-int8"]["bytes"] < rows["int8"]["bytes"]
     assert result["sparse_execution"] == "auto" and set(result["noise_floor"]) == {"1", "2"}
     chosen = [r for r in result["forms"] if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["form"] == result["chosen"] and chosen[0]["drop"] <= 1.0
@@ -90,7 +93,7 @@ def fake_timer(fastest: str, calls: list):
     """A ``measure_speed`` stand-in: the form whose file name says `fastest` takes 1 ms, every other 5 ms."""
     def timer(models, *, batch_sizes, sparse_execution=None, **kwargs):
         calls.append({"models": list(models), "sparse_execution": sparse_execution})
-        form = {"fp32.onnx": "onnx", "int8.onnx": "int8"}
+        form = {"fp32.onnx": "onnx", "int8.onnx": "int8", "vocab": "vocab", "vocab-int8.onnx": "vocab-int8"}
         rows = [{"model": m, "batch": b, "median_ms": 1.0 if form.get(m.rsplit("/", 1)[-1], "pytorch") == fastest else 5.0,
                  "p10_ms": 0.5, "p90_ms": 6.0, "ratio": 1.0, "paired_ratio": 1.0}
                 for b in batch_sizes for m in [*models, NOISE_FLOOR]]
@@ -103,6 +106,8 @@ def fake_timer(fastest: str, calls: list):
     ("pruned", "pytorch", "compressed"),  # the same latency as the input, fewer bytes
     ("dense", "pytorch", None),  # the input or its compressed artifact, whichever is smaller
     ("compressed", "pytorch", "pytorch"),  # already compressed: the input itself, copied
+    ("dense", "vocab", "vocab"),  # the cut model directory, with its re-indexed tokenizer
+    ("pruned", "vocab-int8", "vocab-int8"),  # the cut model's INT8 graph, with the cut tokenizer
 ])
 def test_the_files_written_load_and_run(tmp_path, glue_dir, input_form, fastest, chosen):  # noqa: F811
     from prunelab.artifact import from_pretrained
@@ -119,14 +124,15 @@ def test_the_files_written_load_and_run(tmp_path, glue_dir, input_form, fastest,
     assert result["chosen"] == (chosen or ("compressed" if sizes["compressed"] < sizes["pytorch"] else "pytorch"))
     assert ("compressed" in sizes) == (input_form != "compressed")
     # the compressed artifact is not timed apart: it decodes to the input's very tensors
-    assert [m.rsplit("/", 1)[-1] for m in calls[0]["models"]] == [model.name, "fp32.onnx", "int8.onnx"]
+    assert [m.rsplit("/", 1)[-1] for m in calls[0]["models"]] == [model.name, "fp32.onnx", "int8.onnx", "vocab",
+                                                                  "vocab-int8.onnx"]
     assert calls[0]["sparse_execution"] == (None if input_form == "dense" else "auto")
     ids = transformers.AutoTokenizer.from_pretrained(model)(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
     inputs = {k: v for k, v in ids.items() if k != "token_type_ids"}
     with torch.no_grad():
         want = from_pretrained(model).model.eval()(**inputs).logits.numpy()
     out = tmp_path / "out"
-    if result["chosen"] == "int8":
+    if result["chosen"] in ("int8", "vocab-int8"):
         assert onnx_kind(out / "model.onnx").startswith("onnx int8")
         tokenizer = transformers.AutoTokenizer.from_pretrained(out / "tokenizer")
         feed = {k: v.astype(np.int64) for k, v in tokenizer(["w1 w2 w3", "w4"], padding=True, return_tensors="np").items()
@@ -138,6 +144,16 @@ def test_the_files_written_load_and_run(tmp_path, glue_dir, input_form, fastest,
     assert compressed == (result["chosen"] == "compressed" or input_form == "compressed")
     loaded = from_pretrained(out / "model").model if compressed else \
         transformers.AutoModelForSequenceClassification.from_pretrained(out / "model")  # plain transformers
+    if result["chosen"] == "vocab":  # its own tokenizer, re-indexed: text of kept words, other ids, the same logits
+        cut = transformers.AutoTokenizer.from_pretrained(out / "model")
+        kept = [w for w in WORDS if w in cut.get_vocab()][:5]
+        texts = [" ".join(kept[:3]), " ".join(kept[3:])]
+        mine = cut(texts, padding=True, return_tensors="pt")
+        theirs = transformers.AutoTokenizer.from_pretrained(model)(texts, padding=True, return_tensors="pt")
+        assert not torch.equal(mine["input_ids"], theirs["input_ids"])
+        with torch.no_grad():
+            want = from_pretrained(model).model.eval()(**{k: v for k, v in theirs.items() if k != "token_type_ids"}).logits.numpy()
+        inputs = {k: v for k, v in mine.items() if k != "token_type_ids"}
     with torch.no_grad():
         got = loaded.eval()(**inputs).logits.numpy()
     assert np.array_equal(got, want)

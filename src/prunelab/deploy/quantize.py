@@ -85,7 +85,7 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
             root.setLevel(level)
         sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                     for name, path in (("fp32", fp32), ("int8", int8))}
-        ids, mask = _inputs(60, 3, 11, seed=1)  # ids every vocabulary has (the tests' tiny ones hold 64)
+        ids, mask = _inputs(_vocabulary(fp32), 3, 11, seed=1)  # ids the graph's word embeddings hold
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         want, got = (sessions[n].run(None, feed)[0] for n in ("fp32", "int8"))
         info = {"file": str(out), "bytes": int8.stat().st_size, "fp32_bytes": fp32.stat().st_size, "settings": settings,
@@ -102,6 +102,17 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
         with atomic_output(out) as target:
             shutil.copyfile(int8, target)
     return info
+
+
+def _vocabulary(path: Path, default: int = 60) -> int:
+    """The rows of the word embeddings an ONNX graph gathers ``input_ids`` from (`default` where none is found: ids
+    every vocabulary has)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    rows = {t.name: t.dims[0] for t in graph.initializer if t.dims}
+    return next((rows[n.input[0]] for n in graph.node
+                 if n.op_type == "Gather" and n.input[1] == "input_ids" and n.input[0] in rows), default)
 
 
 def dev_score(session, model: str, task_name: str, data_dir: str | None, batch_size: int = 64, max_length: int = 128,

@@ -42,6 +42,8 @@ class Context:
     tokenizer: object
     scratch: Path
     built: dict  # form name -> Built, in FORMS order
+    task: str = ""  # the GLUE task and its data (a vocabulary cut keeps the tokens of its training text)
+    data_dir: str | None = None
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Built:
     ship: Path
     name: str
     timed_as: str | None = None
+    tokenizer: object | None = None  # its own (a vocabulary cut re-indexes it); None: the input's
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,26 @@ def _int8(ctx: Context) -> Built:
     return Built(info["file"], Path(info["file"]), "model.onnx")
 
 
+def _vocab(ctx: Context) -> Built:
+    from .vocab import prune_vocab
+
+    folder = ctx.scratch / "vocab"
+    prune_vocab(str(ctx.path), folder, task=ctx.task, data_dir=ctx.data_dir)
+    return Built(str(folder), folder, "model", tokenizer=load_tokenizer(str(folder)))
+
+
+def _vocab_int8(ctx: Context) -> Built:
+    from .onnx import export_onnx
+    from .quantize import quantize
+
+    cut = ctx.built["vocab"]
+    fp32 = export_onnx(cut.run, ctx.scratch / "vocab-fp32.onnx")["file"]
+    info = quantize(fp32, ctx.scratch / "vocab-int8.onnx")
+    return Built(info["file"], Path(info["file"]), "model.onnx", tokenizer=cut.tokenizer)
+
+
 # The forms, in the table's order; the first is the input, which every other is measured against. A new form is one
-# entry here. A vocabulary cut to the task's tokens (deploy/vocab.py, ``prune_vocab``, on another branch) belongs
-# here as one more Form, before "onnx" so the exports can start from it; it is not written yet.
+# entry here.
 FORMS: list[Form] = [
     Form("pytorch", "PyTorch FP32 (as loaded)", lambda ctx: None, _as_loaded),
     Form("compressed", "compressed artifact (runs as PyTorch FP32)",
@@ -104,6 +124,9 @@ FORMS: list[Form] = [
     Form("onnx", "ONNX FP32 (onnxruntime)", lambda ctx: None, _onnx),
     Form("int8", "ONNX INT8 (onnxruntime dynamic quantization)",
          lambda ctx: None if "onnx" in ctx.built else "needs the ONNX FP32 export, which was not made", _int8),
+    Form("vocab", "vocabulary cut to the task's training text (PyTorch FP32)", lambda ctx: None, _vocab),
+    Form("vocab-int8", "vocabulary cut, then ONNX INT8",
+         lambda ctx: None if "vocab" in ctx.built else "needs the vocabulary cut, which was not made", _vocab_int8),
 ]
 
 
@@ -205,7 +228,7 @@ def ship(model: str, task: str, data_dir: str | None, out: str | os.PathLike, *,
                                                    seq_len=seq_len, repeats=repeats, threads=threads, overwrite=overwrite)
     pruned = (path / MASKS_FILE).is_file() or is_compressed(path)
     with tempfile.TemporaryDirectory(prefix="prunelab-ship-") as scratch:
-        ctx = Context(model, path, pruned, tokenizer, Path(scratch), {})
+        ctx = Context(model, path, pruned, tokenizer, Path(scratch), {}, task_info.name, data_dir)
         skipped = {}
         bar = _progress(len(FORMS) * 2 + 1, progress)
         for form in FORMS:
@@ -226,7 +249,7 @@ def ship(model: str, task: str, data_dir: str | None, out: str | os.PathLike, *,
         for name, built in ctx.built.items():
             bar.set_description(f"ship: scoring {name} on {task_info.name} dev")
             scores[name] = dev_score(_session(built.run), str(path), task_info.name, data_dir, examples=dev,
-                                     tokenizer=tokenizer)
+                                     tokenizer=built.tokenizer or tokenizer)
             bar.update(1)
         bar.update(len(FORMS) - len(ctx.built))
         timed = [b.run for b in ctx.built.values() if b.timed_as is None]
@@ -256,7 +279,7 @@ def ship(model: str, task: str, data_dir: str | None, out: str | os.PathLike, *,
                         shutil.copy2(f, tmp / built.name / f.name)
             else:
                 shutil.copyfile(built.ship, tmp / built.name)
-                tokenizer.save_pretrained(tmp / "tokenizer")  # an ONNX graph takes token ids: the text needs it
+                (built.tokenizer or tokenizer).save_pretrained(tmp / "tokenizer")  # an ONNX graph takes token ids
             write_json(tmp / "ship.json", result)
             write_text(tmp / "ship.md", markdown(result))
             figure(result, tmp / "ship.png")
