@@ -1,8 +1,9 @@
 """Ship a fine-tuned classifier: every deployment form prunelab has, measured alike, and the best one written out.
 
 ``ship(model, task, data_dir, out)`` builds each form of ``FORMS`` that applies to `model` (the input as loaded,
-its compressed artifact, its ONNX export, its INT8 ONNX file), scores each on the task's full dev set (the scoring of
-``quantize --task``: ``input_ids`` and ``attention_mask`` only, so every form reads the same inputs), reads its
+its compressed artifact, its ONNX export, its INT8 ONNX file, its vocabulary cut to the task and that cut as INT8),
+scores each on the task's full dev set (the scoring of ``quantize --task``: ``input_ids`` and ``attention_mask``
+only, so every form reads the same inputs), reads its
 bytes on disk, and times the forms that run differently in one ``measure_speed`` call (interleaved, beside a
 noise-floor copy, medians). ``choose`` picks the fastest form (median at the smallest batch size) whose dev score is
 within `max_drop` points of the input's; the input itself always qualifies. `out` gets the chosen form's files, the
