@@ -149,7 +149,8 @@ def test_pretrain_resume_of_a_finished_run_is_a_no_op_and_another_sparsity_is_re
 @pytest.mark.parametrize("extra, says", [
     ('[finetune]\nseeds = ["0/../../../../escaped"]\n', "[finetune] seeds in"),
     ('[finetune]\nlrs = 1e-3\n', "[finetune] lrs in"),
-    ('[pretrain]\nsteps = 0\n', "[pretrain] steps in"),
+    ('[pretrain]\nsteps = -1\n', "[pretrain] steps in"),
+    ('[pretrain]\nsteps = 0\n', "[pretrain] steps = 0 in"),  # nothing to prune during pre-training, which pruned does
     ('[finetune]\ntasks = []\n', "[finetune] tasks in"),
     ('[finetune]\nepochs = "1"\n', "[finetune] epochs in"),
     ('[finetune]\nbatch_size = 0\n', "[finetune] batch_size in"),

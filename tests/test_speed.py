@@ -108,6 +108,14 @@ def test_measure_times_models_interleaved_with_a_noise_floor(tmp_path):
     assert set(result["execution"]) == {str(tmp_path / "dense"), str(tmp_path / "pruned")}
 
 
+def test_threads_are_given_back_after_timing(tmp_path):
+    save_artifact(tiny_model("bert"), None, None, {}, tmp_path / "dense")
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    result = measure_speed([str(tmp_path / "dense")], batch_sizes=[1], seq_len=8, repeats=1, warmup=0, threads=other)
+    assert result["threads"] == other and torch.get_num_threads() == before  # a later computation runs as before
+
+
 def test_speed_cli_prints_a_table_writes_json_and_times_onnx(tmp_path, capsys):
     save_artifact(tiny_model("bert"), None, None, {}, tmp_path / "dense")
     assert main(["export-onnx", str(tmp_path / "dense"), "--out", str(tmp_path / "dense.onnx")]) == 0

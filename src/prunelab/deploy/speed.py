@@ -135,9 +135,18 @@ def measure_speed(models: list[str], *, batch_sizes=(1, 8, 32), seq_len: int = 1
     if not models:
         raise InputError("give at least one MODEL to time")
     _check(batch_sizes, seq_len, device, threads, repeats, autocast)
+    previous = torch.get_num_threads()  # the caller's, given back: a library call leaves the process as it found it
     if threads is not None:
         torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
+    try:
+        return _measure(models, batch_sizes, seq_len, device, torch.get_num_threads(), repeats, warmup, sparse_execution,
+                        autocast, seed, model_class)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(models, batch_sizes, seq_len, device, threads, repeats, warmup, sparse_execution, autocast, seed,
+             model_class) -> dict:
     loaded = {m: load_for_timing(m, device, threads, model_class) for m in models}
     runners = {m: r for m, (r, _) in loaded.items()}
     sizes = {m: {"bytes": model_bytes(m), "kind": describe(m, r)} for m, r in runners.items()}

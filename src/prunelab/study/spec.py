@@ -249,7 +249,7 @@ class StudySpec:
             raise InputError(f"criteria {self.criteria!r}{where}: give a non-empty list without repeats from "
                              f"{', '.join(CRITERION_NAMES)}")
         axis = [r for r in self.regimes if r in CRITERION_AXIS]
-        for c in self.criteria:
+        for c in self.criteria if self.criteria != [self.criterion] else []:  # the default needs no regime to take it
             if not any(c in COMMAND_CRITERIA[CRITERION_AXIS[r]] for r in axis):
                 takes = sorted(r for r, command in CRITERION_AXIS.items() if c in COMMAND_CRITERIA[command])
                 raise InputError(f"criterion {c!r} in criteria{where} applies to none of the regimes {', '.join(self.regimes)}; "
