@@ -57,14 +57,35 @@ def test_with_a_task_the_dev_scores_are_compared_and_a_large_drop_writes_nothing
     model = classifier(tmp_path / "m")
     info = Q.quantize(str(model), tmp_path / "ok.onnx", task="rte", data_dir=str(glue_dir))
     assert 0 <= info["dev_score_int8"] <= 100 and info["drop"] == info["dev_score_fp32"] - info["dev_score_int8"]
-    scores = iter([80.0, 70.0])  # FP32 then INT8: a 10-point drop
+    monkeypatch.setattr(Q, "cpu_int8_settings", lambda flags=None, real=Q.cpu_int8_settings: real({"avx512_vnni"}))  # QInt8 first
+    scores = iter([80.0, 70.0, 77.0])  # FP32, then INT8 with signed weights, then with unsigned: both over 2 points
     monkeypatch.setattr(Q, "dev_score", lambda *args, **kwargs: next(scores))
     capsys.readouterr()
     assert main(["quantize", str(model), "--task", "rte", "--data-dir", str(glue_dir), "--max-drop", "2",
                  "--out", str(tmp_path / "bad.onnx")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "a drop of 10.00 points over --max-drop 2" in err
+    assert len(err.splitlines()) == 1 and "by more than --max-drop 2 points (QInt8 weights 70.00, QUInt8 weights 77.00)" in err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_where_the_recommended_weights_lose_too_much_unsigned_ones_are_tried(tmp_path, glue_dir, monkeypatch):  # noqa: F811
+    model = classifier(tmp_path / "m")
+    monkeypatch.setattr(Q, "cpu_int8_settings", lambda flags=None, real=Q.cpu_int8_settings: real({"avx512_vnni"}))
+    seen = []
+
+    def score(session, *args, **kwargs):  # FP32 80, signed INT8 weights 78.4, unsigned 79.5
+        seen.append(session)
+        return [80.0, 78.4, 79.5][len(seen) - 1]
+
+    monkeypatch.setattr(Q, "dev_score", score)
+    info = Q.quantize(str(model), tmp_path / "int8.onnx", task="rte", data_dir=str(glue_dir), max_drop=1.0)
+    assert info["settings"]["weight_type"] == "QUInt8" and info["dev_score_int8"] == 79.5
+    assert info["tried"] == [{"weight_type": "QInt8", "reduce_range": False, "dev_score": 78.4}]
+    weights = {t.data_type for t in onnx.load(str(tmp_path / "int8.onnx")).graph.initializer if t.name.endswith("_quantized")}
+    assert weights == {onnx.TensorProto.UINT8}  # the file kept is the unsigned one
+    seen.clear()
+    kept = Q.quantize(str(model), tmp_path / "first.onnx", task="rte", data_dir=str(glue_dir), max_drop=2.0)
+    assert kept["settings"]["weight_type"] == "QInt8" and kept["tried"] == [] and len(seen) == 2  # within: no retry
 
 
 @pytest.mark.parametrize("argv, says", [

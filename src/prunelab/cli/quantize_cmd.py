@@ -29,6 +29,8 @@ def summary(info: dict, source: str) -> str:
             f"{info['output_scale']:.2e})")
     if "drop" in info:
         line += f"; dev score {info['dev_score_int8']:.2f} vs {info['dev_score_fp32']:.2f} FP32 ({-info['drop']:+.2f})"
+        line += "".join(f" (tried first: {t['weight_type']} weights, dev score {t['dev_score']:.2f}, over --max-drop)"
+                        for t in info.get("tried", []))
     return line
 
 

@@ -45,6 +45,21 @@ def cpu_int8_settings(flags: set[str] | None = None) -> dict:
             "why": "without VNNI the U8S8 path can saturate; unsigned weights (U8U8) avoid it at full 8-bit range"}
 
 
+U8U8 = {"weight_type": "QUInt8", "reduce_range": False, "cpu": "any",
+        "why": "unsigned weights (U8U8) at full 8-bit range, tried as the recommended ones lost more than --max-drop"}
+
+
+def _quantize_dynamic(quantize_dynamic, types, fp32: Path, int8: Path, settings: dict) -> None:
+    root = logging.getLogger()  # onnxruntime's advice to pre-process (shape inference) is logged on the root
+    level = root.level  # logger at every call: not the user's concern
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(fp32), str(int8), weight_type=getattr(types, settings["weight_type"]),
+                         reduce_range=settings["reduce_range"])
+    finally:
+        root.setLevel(level)
+
+
 def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, task: str | None = None,
              data_dir: str | None = None, max_drop: float = MAX_DROP, settings: dict | None = None) -> dict:
     """Write `source` (a model directory, artifact, hub id or alias, or an ``.onnx`` file) as an INT8 ONNX file `out`.
@@ -52,7 +67,8 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
     Returns:
         ``file``, ``bytes``, ``fp32_bytes``, ``settings``, ``max_abs_diff`` (INT8 against FP32 on a sample batch),
         ``output_scale`` (the FP32 output's largest absolute value) and, with `task`, ``dev_score_fp32`` and
-        ``dev_score_int8`` (percent) and ``drop``.
+        ``dev_score_int8`` (percent), ``drop`` and ``tried`` (the settings tried before, with their scores: with a
+        task, where the CPU's recommended weights lose more than `max_drop`, unsigned weights are tried next).
     """
     ort = _requirements()
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -71,33 +87,37 @@ def quantize(source: str, out: str | os.PathLike, *, overwrite: bool = False, ta
                          "not an .onnx file")
     if not max_drop >= 0:
         raise InputError(f"--max-drop {max_drop!r} must be a number of points >= 0")
-    settings = settings or cpu_int8_settings()
+    first = settings or cpu_int8_settings()
+    # With a task the dev score decides: the CPU's recommended weights first, and, where they lose more than
+    # max_drop, unsigned weights at full range (U8U8: no saturation on any CPU) before giving up.
+    attempts = [first] + ([U8U8] if task is not None and settings is None and first["weight_type"] != "QUInt8" else [])
     with tempfile.TemporaryDirectory(prefix="prunelab-int8-") as tmp:
         fp32 = Path(source) if is_onnx else Path(export_onnx(source, Path(tmp) / "fp32.onnx")["file"])
-        int8 = Path(tmp) / "int8.onnx"
-        root = logging.getLogger()  # onnxruntime's advice to pre-process (shape inference) is logged on the root
-        level = root.level  # logger at every call: not the user's concern
-        root.setLevel(max(level, logging.ERROR))
-        try:
-            quantize_dynamic(str(fp32), str(int8), weight_type=getattr(QuantType, settings["weight_type"]),
-                             reduce_range=settings["reduce_range"])
-        finally:
-            root.setLevel(level)
-        sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                    for name, path in (("fp32", fp32), ("int8", int8))}
+        sessions = {"fp32": ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])}
         ids, mask = _inputs(_vocabulary(fp32), 3, 11, seed=1)  # ids the graph's word embeddings hold
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-        want, got = (sessions[n].run(None, feed)[0] for n in ("fp32", "int8"))
-        info = {"file": str(out), "bytes": int8.stat().st_size, "fp32_bytes": fp32.stat().st_size, "settings": settings,
-                "max_abs_diff": float(np.abs(got - want).max()), "output_scale": float(np.abs(want).max())}
-        if task is not None:
-            dev = dev_examples(task, data_dir)
-            scores = {name: dev_score(session, source, task, data_dir, examples=dev) for name, session in sessions.items()}
-            info.update(dev_score_fp32=scores["fp32"], dev_score_int8=scores["int8"], drop=scores["fp32"] - scores["int8"])
-            if info["drop"] > max_drop:
-                raise InputError(f"the INT8 graph scores {scores['int8']:.2f} on {task} dev against {scores['fp32']:.2f} "
-                                 f"in FP32, a drop of {info['drop']:.2f} points over --max-drop {max_drop:g}; nothing "
-                                 "written (raise --max-drop to keep it)")
+        want = sessions["fp32"].run(None, feed)[0]
+        dev = dev_examples(task, data_dir) if task is not None else None
+        fp32_score = dev_score(sessions["fp32"], source, task, data_dir, examples=dev) if task is not None else None
+        tried = []
+        for n, attempt in enumerate(attempts):
+            int8 = Path(tmp) / f"int8-{n}.onnx"
+            _quantize_dynamic(quantize_dynamic, QuantType, fp32, int8, attempt)
+            session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+            got = session.run(None, feed)[0]
+            info = {"file": str(out), "bytes": int8.stat().st_size, "fp32_bytes": fp32.stat().st_size, "settings": attempt,
+                    "max_abs_diff": float(np.abs(got - want).max()), "output_scale": float(np.abs(want).max())}
+            if task is None:
+                break
+            score = dev_score(session, source, task, data_dir, examples=dev)
+            info.update(dev_score_fp32=fp32_score, dev_score_int8=score, drop=fp32_score - score, tried=tried)
+            tried = [*tried, {"weight_type": attempt["weight_type"], "reduce_range": attempt["reduce_range"], "dev_score": score}]
+            if info["drop"] <= max_drop:
+                break
+        else:
+            scores = ", ".join(f"{t['weight_type']} weights {t['dev_score']:.2f}" for t in tried)
+            raise InputError(f"the INT8 graph scores below {task} dev's {fp32_score:.2f} in FP32 by more than --max-drop "
+                             f"{max_drop:g} points ({scores}); nothing written (raise --max-drop to keep it)")
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(out) as target:
             shutil.copyfile(int8, target)
