@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from prunelab.cli import main
 from prunelab.study.plan import describe, expand
@@ -220,7 +221,9 @@ def test_local_jobs_run_in_subprocesses(tmp_path, reference):
 
 def test_ray_executor_on_a_local_instance(tmp_path, reference):
     ray = pytest.importorskip("ray")
-    spec = make_study(tmp_path, extra="\n[resources]\ncpus = 1\ngpus = 0\n")
+    # a task of `cpus` CPUs computes on that many threads (Ray sets OMP_NUM_THREADS): as many as this process, so
+    # the floating-point sums run in the same order as the reference's
+    spec = make_study(tmp_path, extra=f"\n[resources]\ncpus = {torch.get_num_threads()}\ngpus = 0\n")
     try:
         assert main(["study", "run", str(spec), "--out", str(tmp_path / "out"), "--executor", "ray"]) == 0
     finally:
