@@ -35,6 +35,21 @@ def test_a_model_run_measures_its_int8_encoder_beside_the_fp32_one(tmp_path):
     assert d["latency_ms"] > 0 and d["batch"] == [2, 16] and list(work.iterdir()) == []  # nothing left behind
 
 
+def test_a_model_run_measures_its_vocabulary_cut_beside_the_full_model(tmp_path):
+    spec = load_spec(make_study(tmp_path, "\n[deployment]\nvocab = true\nrepeats = 2\nbatch_size = 2\nseq_len = 16\n"))
+    work = tmp_path / "work"
+    work.mkdir()
+    d = measure_deployment(spec, tmp_path / "model", work, spec.data_dir())
+    cut = d["vocab"]
+    assert cut["vocab_after"] < cut["vocab_before"] and cut["compressed_bytes"] < d["compressed_bytes"]
+    assert cut["latency_ms"] > 0 and cut["p10_ms"] <= cut["latency_ms"] <= cut["p90_ms"] and cut["paired_ratio"] > 0
+    assert "int8" not in d and list(work.iterdir()) == []  # nothing left behind
+    points = deployment_points([method("dense", "", 80.0, d["latency_ms"], d["compressed_bytes"]) | {"deployment": d}])
+    assert [p["form"] for p in points] == ["fp32", "vocab"]
+    table = deployment_markdown(data([points[0]]))
+    assert "| vocabulary cut | 80.0† |" in table and f"| {cut['compressed_bytes'] / 1e6:.2f} |" in table
+
+
 def method(name, setting, score, ms, size, int8=None):
     deployment = {"compressed_bytes": size, "latency_ms": ms, "p10_ms": ms, "p90_ms": ms, "noise_floor_ratio": 1.0,
                   "sparse_layers": 0, "target_layers": 13}

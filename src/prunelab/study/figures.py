@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import save_figure
-from .tables import REGIME_LABELS
+from .tables import FORMS, REGIME_LABELS
 from ..errors import InputError
 
 
@@ -119,11 +119,12 @@ def figure_deployment(data: dict, path: Path) -> None:
     points = deployment_points(data["methods"])
     for method in dict.fromkeys(r["method"] for r in points):
         color = None
-        for form, style in (("fp32", {"marker": "o"}), ("int8", {"marker": "s", "markerfacecolor": "none"})):
+        for form, style in (("fp32", {"marker": "o"}), ("int8", {"marker": "s", "markerfacecolor": "none"}),
+                            ("vocab", {"marker": "^", "markerfacecolor": "none"})):
             mine = [r for r in points if r["method"] == method and r["form"] == form and r["deployment"] and r["average"]]
             if mine:
                 line, = ax.plot([r["deployment"]["latency_ms"] for r in mine], [r["average"]["score"] for r in mine],
-                                linestyle="none", label=method + (" (INT8 ONNX)" if form == "int8" else ""),
+                                linestyle="none", label=method + ("" if form == "fp32" else f" ({FORMS[form]})"),
                                 **({"color": color} if color else {}), **style)
                 color = line.get_color()
     front = sorted((points[i]["deployment"]["latency_ms"], points[i]["average"]["score"]) for i in pareto_front(points))

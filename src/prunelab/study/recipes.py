@@ -43,7 +43,7 @@ def run_pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
         from ..artifact import resolve_model_path
 
         model = resolve_model_path(spec.model)
-        deployment = measure_deployment(spec, Path(model), work) if Path(model).is_dir() else None
+        deployment = measure_deployment(spec, Path(model), work, data_dir) if Path(model).is_dir() else None
         return {"model": model, "dev_loss_before": None, "dev_loss_after": None, "realized_sparsity": 0.0, "seconds": 0.0,
                 "deployment": deployment}
     text = (dict(corpus=[str(data_dir / c) for c in spec.data.corpus], dev_file=[str(data_dir / c) for c in spec.data.dev_corpus])
@@ -58,16 +58,18 @@ def run_pretrain(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
     m = pretrain(cfg, overwrite=True)
     return {"model": str(work / "model"), "dev_loss_before": m["dev_loss_before"], "dev_loss_after": m["dev_loss_after"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"],
-            "deployment": measure_deployment(spec, work / "model", work)}
+            "deployment": measure_deployment(spec, work / "model", work, data_dir)}
 
 
-def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | None:
+def measure_deployment(spec: StudySpec, model_dir: Path, work: Path, data_dir: Path | None = None) -> dict | None:
     """The model's bytes as a compressed artifact (lossless, zstd) and the CPU forward latency of its encoder (the
     MLM head, which a deployed classifier does not carry, left out) with the best execution ``sparse_execution``
     finds, beside an identical copy (``[deployment]``; ``None`` when it is off). With ``int8``, under ``"int8"``
     the same of its encoder as an INT8 ONNX file (``deploy.quantize``), timed in the same rounds: its bytes,
     latency, paired ratio to the FP32 encoder, the quantization settings and its output's largest difference to the
-    FP32 graph's."""
+    FP32 graph's. With ``vocab``, under ``"vocab"`` the same of the model with its vocabulary cut to the text of the
+    tasks' training splits (from `data_dir`, else the hub): its bytes as a compressed artifact, its latency and
+    paired ratio, and the vocabulary sizes."""
     import shutil
 
     from ..artifact import COMPRESSED_FILE, load_config
@@ -87,8 +89,11 @@ def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | N
     onnx_dir = work / "int8"
     shutil.rmtree(onnx_dir, ignore_errors=True)
     quantized = _int8_encoder(model_dir, onnx_dir) if d.int8 else None
+    cut_dir = work / "vocab"
+    shutil.rmtree(cut_dir, ignore_errors=True)
+    cut = _vocab_cut(spec, model_dir, cut_dir, data_dir) if d.vocab else None
     seq_len = min(d.seq_len, max_positions(load_config(str(model_dir))[1]) or d.seq_len)  # what the model takes
-    models = [str(model_dir)] + ([quantized["file"]] if quantized else [])
+    models = [str(model_dir)] + ([quantized["file"]] if quantized else []) + ([str(cut_dir / "model")] if cut else [])
     timed = measure_speed(models, batch_sizes=[d.batch_size], seq_len=seq_len, device="cpu",
                           repeats=d.repeats, warmup=1, sparse_execution="auto", model_class=AutoModel)
     row, noise = (next(r for r in timed["rows"] if r["model"] == name) for name in (str(model_dir), NOISE_FLOOR))
@@ -103,7 +108,34 @@ def measure_deployment(spec: StudySpec, model_dir: Path, work: Path) -> dict | N
                        "weight_type": quantized["settings"]["weight_type"], "max_abs_diff": quantized["max_abs_diff"],
                        "output_scale": quantized["output_scale"]}
         shutil.rmtree(onnx_dir)
+    if cut:
+        timed_cut = next(r for r in timed["rows"] if r["model"] == str(cut_dir / "model"))
+        out["vocab"] = {**cut, "latency_ms": timed_cut["median_ms"], "p10_ms": timed_cut["p10_ms"],
+                        "p90_ms": timed_cut["p90_ms"], "paired_ratio": timed_cut["paired_ratio"]}
+        shutil.rmtree(cut_dir)
     return out
+
+
+def _vocab_cut(spec: StudySpec, model_dir: Path, folder: Path, data_dir: Path | None) -> dict:
+    """`model_dir` with its vocabulary cut to the text of the study's tasks' training splits, in ``folder/model``:
+    its bytes as a compressed artifact and the vocabulary sizes."""
+    from ..artifact import COMPRESSED_FILE
+    from ..data.glue import get_task, read_hub_split, read_split
+    from ..deploy.compressed import compress
+    from ..deploy.vocab import prune_vocab
+
+    glue = None if spec.data.glue == "hub" or data_dir is None else data_dir / spec.data.glue
+    folder.mkdir(parents=True)
+    corpus = folder / "tasks.txt"  # one text a line: every sentence of every task's training split
+    with corpus.open("w", encoding="utf-8") as f:
+        for name in spec.finetune.tasks:
+            task = get_task(name)
+            for a, b, _ in (read_split(glue, task, "train") if glue else read_hub_split(task, "train")):
+                f.write(" ".join(a.split()) + "\n" + ("" if b is None else " ".join(b.split()) + "\n"))
+    report = prune_vocab(str(model_dir), folder / "model", corpus=[str(corpus)])
+    compress(str(folder / "model"), folder / "compressed")
+    return {"compressed_bytes": (folder / "compressed" / COMPRESSED_FILE).stat().st_size,
+            "vocab_before": report["vocab_before"], "vocab_after": report["vocab_after"]}
 
 
 def _int8_encoder(model_dir: Path, folder: Path) -> dict:
@@ -133,7 +165,7 @@ def run_droplayers(spec: StudySpec, data_dir: Path | None, root: Path, run: Run,
     keep = ("dropped", "layers_before", "layers_after", "contribution_scores", "params_before", "params_after",
             "seconds_before", "seconds_after", "timing_batch")
     return {"model": str(work / "model"), **{k: info[k] for k in keep},
-            "deployment": measure_deployment(spec, work / "model", work)}
+            "deployment": measure_deployment(spec, work / "model", work, data_dir)}
 
 
 def run_structured(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, work: Path) -> dict:
@@ -146,7 +178,7 @@ def run_structured(spec: StudySpec, data_dir: Path | None, root: Path, run: Run,
     keep = ("heads_before", "heads_after", "ffn_before", "ffn_after", "encoder_params_before", "encoder_params_after",
             "params_before", "params_after")
     return {"model": str(work / "model"), **{k: info[k] for k in keep},
-            "deployment": measure_deployment(spec, work / "model", work)}
+            "deployment": measure_deployment(spec, work / "model", work, data_dir)}
 
 
 def _finetune_options(spec: StudySpec, run: Run) -> dict:

@@ -205,13 +205,15 @@ def deployment_points(methods: list[dict]) -> list[dict]:
     """The deployment table's points: each of the `methods` rows (``form`` ``fp32``: its PyTorch encoder, its bytes
     as a compressed artifact), each followed, where its run measured one (``[deployment] int8``), by the same model
     as an INT8 ONNX file (``form`` ``int8``; its ``deployment`` is the INT8 measurement, with ``onnx_bytes``). An
-    INT8 point carries the FP32 model's scores: a study does not score INT8, as it keeps no fine-tuned classifier."""
+    INT8 point carries the FP32 model's scores: a study does not score INT8, as it keeps no fine-tuned classifier. With
+    ``[deployment] vocab`` the same follows for the model with its vocabulary cut (``form`` ``vocab``)."""
     points = []
     for row in methods:
         points.append({**row, "form": "fp32"})
-        int8 = (row["deployment"] or {}).get("int8")
-        if int8:
-            points.append({**row, "form": "int8", "deployment": int8})
+        for form in ("int8", "vocab"):  # [deployment] int8, vocab: the same model as an INT8 file, vocabulary cut
+            measured = (row["deployment"] or {}).get(form)
+            if measured:
+                points.append({**row, "form": form, "deployment": measured})
     return points
 
 

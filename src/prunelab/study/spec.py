@@ -10,7 +10,7 @@
     [finetune]  tasks, lrs, epochs, seeds, batch_size, max_seq_len, max_train_samples, prune_after_epochs, ...
     [layer_drop] strategies, counts                 (the layer_drop regime: Sajjad et al. 2020, "Poor Man's BERT")
     [structured] criterion, scope, heads, ffn       (the structured regime: heads and FFN neurons removed)
-    [deployment] measure, batch_size, seq_len, repeats, int8 (what each model run measures for the deployment table)
+    [deployment] measure, batch_size, seq_len, repeats, int8, vocab (what each model run measures for the deployment table)
     [oneshot]   calibration_samples, exclude        (the oneshot regimes: the fine-tuned model pruned one-shot)
     [resources] cpus, gpus                          (per run, for the Ray executor)
 """
@@ -126,7 +126,8 @@ class DeploymentSpec:
     machine that ran it: its bytes as a compressed artifact, and its CPU forward latency at batch_size x seq_len
     with the best execution ``sparse_execution`` finds, beside an identical copy (the noise floor). With `int8`, also
     its encoder exported to ONNX and quantized to INT8 (``deploy.quantize``): that file's bytes and latency, timed
-    in the same interleaved rounds."""
+    in the same interleaved rounds. With `vocab`, also the model with its vocabulary cut to the text of the
+    study's tasks' training splits (``deploy.vocab``): its bytes as a compressed artifact and its latency."""
 
     RANGES: ClassVar[dict] = {"batch_size": (1, None), "seq_len": (1, None), "repeats": (1, None)}
 
@@ -135,6 +136,7 @@ class DeploymentSpec:
     seq_len: int = 128
     repeats: int = 5
     int8: bool = False
+    vocab: bool = False
 
 
 @dataclass

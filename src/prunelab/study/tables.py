@@ -82,7 +82,7 @@ def methods_csv(data: dict) -> str:
                 lambda row: [row["method"], row["setting"], row["kept"]])
 
 
-FORMS = {"fp32": "FP32", "int8": "INT8 ONNX"}  # the deployment table's forms (results.deployment_points)
+FORMS = {"fp32": "FP32", "int8": "INT8 ONNX", "vocab": "vocabulary cut"}  # the deployment table's forms (results.deployment_points)
 
 
 def _bytes(d: dict) -> int:
@@ -94,13 +94,13 @@ def deployment_markdown(data: dict) -> str:
 
     points = deployment_points(data["methods"])
     front, dense = pareto_front(points), data["methods"][0]["deployment"]
-    int8 = any(p["form"] == "int8" for p in points)  # only then the Form column: a study without INT8 is unchanged
+    int8 = any(p["form"] != "fp32" for p in points)  # only then the Form column: a study without INT8 is unchanged
     lines = ["| | Method | Setting |" + (" Form |" if int8 else "") + " Avg. score | Encoder weights kept | "
              + ("MB on disk" if int8 else "Compressed MB") + " | Latency ms | vs dense |",
              "|---|---|---|" + ("---|" if int8 else "") + "---:|---:|---:|---:|---:|"]
     for i, row in enumerate(points):
         d = row["deployment"]
-        score = MISSING if row["average"] is None else f"{row['average']['score']:.1f}" + ("†" if row["form"] == "int8" else "")
+        score = MISSING if row["average"] is None else f"{row['average']['score']:.1f}" + ("†" if row["form"] != "fp32" else "")
         kept = MISSING if row["kept"] is None else f"{row['kept']:.1%}"
         size = MISSING if d is None else f"{_bytes(d) / 1e6:.2f}"
         latency = MISSING if d is None else f"{d['latency_ms']:.1f}"
@@ -116,11 +116,11 @@ def deployment_csv(data: dict) -> str:
 
     points = deployment_points(data["methods"])
     front = pareto_front(points)
-    int8 = any(p["form"] == "int8" for p in points)
+    int8 = any(p["form"] != "fp32" for p in points)
     out = io.StringIO()
     writer = csv.writer(out)
     keys = ("compressed_bytes", "latency_ms", "p10_ms", "p90_ms", "noise_floor_ratio", "sparse_layers", "target_layers")
-    extra = ("onnx_bytes", "paired_ratio", "weight_type", "max_abs_diff", "output_scale") if int8 else ()
+    extra = ("onnx_bytes", "paired_ratio", "weight_type", "max_abs_diff", "output_scale", "vocab_after") if int8 else ()
     writer.writerow(["method", "setting", *(["form"] if int8 else []), "pareto", "average_score", "encoder_weights_kept",
                      *keys, *extra])
     for i, row in enumerate(points):
