@@ -127,6 +127,21 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     return write_text(path, dumps(data))
 
 
+def pyplot(what: str = "figures"):
+    """matplotlib.pyplot on the non-interactive Agg backend, imported only when `what` (a figure) is drawn; without
+    matplotlib an ``InputError`` names the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import InputError
+
+        raise InputError(f"{what} need matplotlib: pip install 'prunelab[plots]'") from None
+    return plt
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG to `path` atomically."""
     with atomic_output(path) as tmp:

@@ -167,7 +167,7 @@ def check_inputs(model: str, task: str, data_dir: str | None, out, *, max_drop: 
     from ..targets import max_positions
     from .onnx import _requirements
     from .quantize import dev_examples
-    from .ship_report import _pyplot
+    from ..io import pyplot
 
     task_info = get_task(task)
     if not isinstance(max_drop, (int, float)) or not max_drop >= 0:
@@ -183,7 +183,7 @@ def check_inputs(model: str, task: str, data_dir: str | None, out, *, max_drop: 
                                 "(e.g. prunelab finetune --save-model writes OUT/model)")
     check_output_dir(out, overwrite, inputs=[path, data_dir])
     _requirements()
-    _pyplot()  # the figure is drawn last: its dependency is checked first
+    pyplot("ship's figure")  # the figure is drawn last: its dependency is checked first
     config = load_config(str(path))[1]
     heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForSequenceClassification")]
     if not heads:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
-from ..io import save_figure
+from ..io import pyplot, save_figure
 
 
 def table(result: dict) -> str:
@@ -67,7 +66,7 @@ def markdown(result: dict) -> str:
 def figure(result: dict, path: Path) -> None:
     """Dev score against latency (at the deciding batch size) and against bytes, one point per form; the chosen one
     starred, the lowest score allowed dashed, the faster-and-better front joined."""
-    plt = _pyplot()
+    plt = pyplot("ship's figure")
     rows, b = result["forms"], str(result["choice_batch"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     floor = rows[0]["score"] - result["max_drop"]
@@ -91,13 +90,3 @@ def figure(result: dict, path: Path) -> None:
     save_figure(fig, path)
     plt.close(fig)
 
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("ship's figure needs matplotlib: pip install 'prunelab[plots]'") from None
-    return plt

@@ -8,7 +8,8 @@ import csv
 import io
 from pathlib import Path
 
-from .figures import _finish, _pyplot
+from ..io import pyplot
+from .figures import finish
 from .tables import MISSING, REGIME_LABELS
 
 # How each regime's curves are drawn: the one-shot criteria without retraining dashed, with it solid.
@@ -47,7 +48,7 @@ def criteria_csv(data: dict) -> str:
 def figure_criteria(data: dict, path: Path) -> None:
     """Average dev score against sparsity: one curve per regime x criterion, a colour per criterion, a line style per
     regime (one-shot without retraining dashed, with it solid, pruned while training dotted)."""
-    plt = _pyplot()
+    plt = pyplot("the report's figures")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colours = {c: f"C{i}" for i, c in enumerate(data["spec"].criteria)}
     for (regime, criterion), rows in _series(data).items():
@@ -60,7 +61,7 @@ def figure_criteria(data: dict, path: Path) -> None:
     ax.set(title=f"Average {data['metric'].name} vs. sparsity, by criterion", xlabel="Sparsity of the pruned weights (%)",
            ylabel="Average dev score (0-100)")
     fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
-    _finish(plt, fig, (ax,), path)
+    finish(plt, fig, (ax,), path)
 
 
 def criteria_md(data: dict) -> list[str]:

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import save_figure
+from ..io import pyplot, save_figure
 from .tables import FORMS, REGIME_LABELS
-from ..errors import InputError
 
 
 def figure_1(data: dict, path: Path) -> None:
     """Average dev score and average training loss vs sparsity, one line per regime."""
-    plt = _pyplot()
+    plt = pyplot("the report's figures")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for regime in data["regimes"]:
         rows = [r for r in data["rows"] if r["regime"] == regime and r["average"]]
@@ -26,7 +25,7 @@ def figure_1(data: dict, path: Path) -> None:
     right.set(title="Average training loss vs. sparsity", xlabel="Sparsity of the pruned weights (%)",
               ylabel="Loss over the whole training set (nats)")
     fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
-    _finish(plt, fig, (left, right), path)
+    finish(plt, fig, (left, right), path)
 
 
 def figure_2(data: dict, path: Path) -> dict:
@@ -35,7 +34,7 @@ def figure_2(data: dict, path: Path) -> dict:
     Returns:
         Task -> slope (dev score points per nat of pre-training loss), ``None`` with fewer than two points.
     """
-    plt = _pyplot()
+    plt = pyplot("the report's figures")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     rows = [r for r in data["rows"] if r["regime"] == "information_deletion" and r["pretrain_loss"] is not None]
     slopes = {}
@@ -57,13 +56,13 @@ def figure_2(data: dict, path: Path) -> dict:
            ylabel="Dev score (0-100)")
     if not ax.get_legend_handles_labels()[0]:
         ax.text(0.5, 0.5, "no finished information-deletion runs yet", ha="center", va="center", transform=ax.transAxes)
-    _finish(plt, fig, (ax,), path)
+    finish(plt, fig, (ax,), path)
     return slopes
 
 
 def figure_layer_drop(data: dict, path: Path) -> None:
     """Average dev score and forward-pass time vs layers dropped, one line per strategy, each from the dense model at 0."""
-    plt = _pyplot()
+    plt = pyplot("the report's figures")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     dense, *rows = data["layer_drop"]
     for strategy in data["spec"].layer_drop.strategies:
@@ -86,12 +85,12 @@ def figure_layer_drop(data: dict, path: Path) -> None:
     for ax in (left, right):
         ax.set_xticks(counts)
     fig.suptitle(f"Study {data['spec'].name}, layer dropping: {', '.join(t.upper() for t in data['tasks'])}")
-    _finish(plt, fig, (left, right), path)
+    finish(plt, fig, (left, right), path)
 
 
 def figure_methods(data: dict, path: Path) -> None:
     """Average dev score vs. encoder-layer weights kept: one line per method, each starting at the dense model."""
-    plt = _pyplot()
+    plt = pyplot("the report's figures")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     dense, *rows = data["methods"]
     start = [dense] if dense["kept"] is not None and dense["average"] else []
@@ -106,7 +105,7 @@ def figure_methods(data: dict, path: Path) -> None:
     ax.set(title=f"Average {data['metric'].name} vs. encoder weights kept", xlabel="Encoder-layer weights kept (%)",
            ylabel="Average dev score (0-100)")
     fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
-    _finish(plt, fig, (ax,), path)
+    finish(plt, fig, (ax,), path)
 
 
 def figure_deployment(data: dict, path: Path) -> None:
@@ -114,7 +113,7 @@ def figure_deployment(data: dict, path: Path) -> None:
     INT8 ONNX files, at their FP32 score), the Pareto front over every point joined."""
     from .results import deployment_points, pareto_front
 
-    plt = _pyplot()
+    plt = pyplot("the report's figures")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     points = deployment_points(data["methods"])
     for method in dict.fromkeys(r["method"] for r in points):
@@ -134,10 +133,10 @@ def figure_deployment(data: dict, path: Path) -> None:
     ax.set(title=f"Average {data['metric'].name} vs. CPU latency", ylabel="Average dev score (0-100)",
            xlabel=f"Encoder forward latency at {d.batch_size} x {d.seq_len} (ms, best execution)")
     fig.suptitle(f"Study {data['spec'].name}: {', '.join(t.upper() for t in data['tasks'])}")
-    _finish(plt, fig, (ax,), path)
+    finish(plt, fig, (ax,), path)
 
 
-def _finish(plt, fig, axes, path: Path) -> None:
+def finish(plt, fig, axes, path: Path) -> None:
     """Grid and legend (where anything is labelled) on each of `axes`; lay out, save atomically, close."""
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -147,13 +146,3 @@ def _finish(plt, fig, axes, path: Path) -> None:
     save_figure(fig, path)
     plt.close(fig)
 
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("the report's figures need matplotlib: pip install 'prunelab[plots]'") from None
-    return plt
