@@ -331,6 +331,24 @@ def test_distill_prune_by_soft_movement_saves_exact_zeros_and_reports_its_thresh
         assert bool((model.bert.get_parameter(name).detach()[~mask] == 0).all())
 
 
+@pytest.mark.parametrize("criterion", ["movement", "soft-movement"])
+def test_distill_prune_exclude_keeps_those_kinds_dense(tmp_path, glue_dir, criterion):  # noqa: F811
+    from prunelab.masks_io import load_masks
+
+    out = tmp_path / "run"
+    assert main(["distill-prune", str(save_tiny(tmp_path / "student")), "--teacher", "none", "--task", "mrpc",
+                 "--data-dir", str(glue_dir), "--sparsity", "0.5", "--criterion", criterion, "--lr", "1e-3",
+                 "--epochs", "2", "--batch-size", "4", "--max-seq-len", "16", "--exclude", "embeddings,pooler",
+                 "--save-model", "--out", str(out)]) == 0
+    masks = load_masks(out / "model" / "masks.safetensors")
+    assert masks and not any("embeddings" in n or "pooler" in n for n in masks)  # the encoder's linear layers only
+    assert all(".encoder.layer." in n or n.startswith("encoder.layer.") for n in masks)
+    zeros = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert zeros == pytest.approx(0.5, abs=1e-3)
+    config = json.loads((out / "run_config.json").read_text())["config"]
+    assert config["exclude"] == ["embeddings", "pooler"]
+
+
 def test_soft_movement_is_refused_where_it_cannot_run(tmp_path, glue_dir, capsys):  # noqa: F811
     model = str(save_tiny(tmp_path / "m"))
     capsys.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..targets import parse_kinds
 from .options import (add_criterion_and_scope, add_glue_options, add_model, add_soft_movement, glue_options, glue_summary,
                       soft_movement_options)
 
@@ -22,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--prune-end", type=float, default=0.7, help="fraction of training by which the sparsity is reached (default 0.7)")
     p.add_argument("--prune-every", type=int, default=10, help="steps between mask updates (default 10)")
     add_criterion_and_scope(p, ("magnitude", "random", "movement", "soft-movement"))
+    p.add_argument("--exclude", help="comma-separated kinds not to prune, e.g. embeddings,pooler (Sanh et al. 2020 prune "
+                   "the encoder's linear layers only)")
     add_soft_movement(p)
     p.set_defaults(run=run)
 
@@ -34,7 +37,7 @@ def run(args) -> int:
         teacher=None if args.teacher.lower() == "none" else args.teacher, sparsity=args.sparsity,
         temperature=args.temperature, alpha_attention=args.alpha_attention, alpha_hidden=args.alpha_hidden,
         alpha_logits=args.alpha_logits, alpha_hard=args.alpha_hard, prune_end=args.prune_end, prune_every=args.prune_every,
-        criterion=args.criterion, scope=args.scope, **soft_movement_options(args), **glue_options(args),
+        criterion=args.criterion, scope=args.scope, exclude=sorted(parse_kinds(args.exclude, "--exclude")), **soft_movement_options(args), **glue_options(args),
     )
     metrics = distill_prune(cfg, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # one summary per data-parallel launch

@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from ..artifact import load_model, load_tokenizer
 from ..config import PruningConfig, check_criterion, versions
+from ..targets import parse_kinds
 from ..data.glue import Task, compute_metrics, get_task
 from ..integrations.hf_trainer import MaskLearnerLoss, PruningCallback, attach, quiet
 from ..methods.kd_losses import DistillSettings, DistillWeights, distill_terms, layer_map, total_loss
@@ -52,6 +53,7 @@ class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
     sparsity: float = 0.9
     criterion: str = "magnitude"
     scope: str = "matrix"
+    exclude: list[str] = field(default_factory=list)  # target kinds left dense (Sanh et al. prune the encoder only)
     weight_decay: float = 0.01
 
     def __post_init__(self) -> None:
@@ -66,12 +68,14 @@ class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
         if self.teacher is not None:
             self.weights()  # validates the loss weights
         check_criterion(self.criterion, "prunelab distill-prune")
+        self.exclude = sorted(parse_kinds(self.exclude, "--exclude"))
         self.check_soft_movement(self.criterion, self.sparsity, self.scope)
         if self.criterion != SOFT_MOVEMENT:
             self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
 
     def pruning_config(self, total_steps: int) -> PruningConfig:
-        return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, schedule="cubic",
+        return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, exclude=self.exclude,
+                             schedule="cubic",
                              mode="enforced", start_step=0, end_step=max(1, round(self.prune_end * total_steps)),
                              update_every=self.prune_every, seed=self.seed)
 
@@ -202,7 +206,7 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     if soft:  # scores over every target, the weights trained under their masks; fixed exactly at the last step
         learner, optimizer, callback = soft_movement.start(
             model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay, ramp_start=0,
-            ramp_end=round(cfg.prune_end * total_steps), fix_at=total_steps, seed=cfg.seed)
+            ramp_end=round(cfg.prune_end * total_steps), fix_at=total_steps, seed=cfg.seed, exclude=cfg.exclude)
     else:
         learner, optimizer, callback = None, None, PruningCallback(Pruner(model, cfg.pruning_config(total_steps)))
     args = training_arguments(run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(), max_steps=total_steps,

@@ -60,9 +60,10 @@ class SoftMovementOptions:
 
 
 def start(model: torch.nn.Module, options: SoftMovementOptions, *, sparsity: float, lr: float, weight_decay: float,
-          ramp_start: int, ramp_end: int, fix_at: int, seed: int) -> tuple[MaskLearner, torch.optim.Optimizer,
-                                                                            MaskLearnerCallback]:
-    """Scores over every target of `model` (its weights keep training), and their optimizer and callback.
+          ramp_start: int, ramp_end: int, fix_at: int, seed: int,
+          exclude: list[str] | None = None) -> tuple[MaskLearner, torch.optim.Optimizer, MaskLearnerCallback]:
+    """Scores over every target of `model` but the kinds in `exclude` (its weights keep training), and their optimizer
+    and callback.
 
     The target sparsity ramps (cubic) from 0 at `ramp_start` to `sparsity` at `ramp_end`; the masks are fixed at
     step `fix_at`. The optimizer is AdamW in two groups: the scores at ``options.scores_lr`` without weight decay,
@@ -71,7 +72,7 @@ def start(model: torch.nn.Module, options: SoftMovementOptions, *, sparsity: flo
     """
     learner = MaskLearner(model, sparsity, penalty=options.penalty, ramp_start=ramp_start,
                           ramp_steps=ramp_end - ramp_start, band=options.band, seed=seed, train_weights=True,
-                          regularizer="sigmoid")
+                          regularizer="sigmoid", exclude=exclude)
     scores = {id(p) for p in learner.parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scores]
     optimizer = torch.optim.AdamW([{"params": list(learner.parameters()), "lr": options.scores_lr, "weight_decay": 0.0},
