@@ -46,6 +46,24 @@ def test_an_int8_graph_is_written_smaller_and_close_to_fp32(tmp_path, command, c
     assert out.stat().st_size < (tmp_path / "fp32.onnx").stat().st_size
 
 
+@pytest.mark.parametrize("form", ["pruned", "structured", "layer-dropped"])
+def test_every_kind_of_model_quantizes(tmp_path, form):
+    from prunelab import PruningConfig, prune
+    from prunelab.pipelines.drop_layers import drop_and_save
+    from prunelab.pipelines.prune_structured import prune_structured
+
+    model, out = classifier(tmp_path / "m"), tmp_path / "made"
+    if form == "pruned":
+        prune(str(model), PruningConfig(sparsity=0.8), str(out))
+    elif form == "structured":
+        prune_structured(str(model), str(out), heads=0.5, ffn=0.5)
+    else:
+        drop_and_save(str(model), str(out), strategy="top", count=1)
+    info = Q.quantize(str(out), tmp_path / "int8.onnx")
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & op_types(tmp_path / "int8.onnx")
+    assert info["bytes"] < info["fp32_bytes"] and info["max_abs_diff"] < 0.2 * info["output_scale"] + 1e-3
+
+
 def test_an_onnx_file_is_quantized_and_checked_against_itself(tmp_path):
     model = classifier(tmp_path / "m")
     assert main(["export-onnx", str(model), "--out", str(tmp_path / "fp32.onnx")]) == 0
