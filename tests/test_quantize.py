@@ -30,6 +30,7 @@ def op_types(path) -> set[str]:
 def test_settings_follow_the_cpu(flags, weight_type):
     settings = Q.cpu_int8_settings(flags)
     assert settings["weight_type"] == weight_type and settings["reduce_range"] is False and settings["why"]
+    assert settings["per_channel"] is (weight_type == "QInt8")  # signed weights get a scale per output channel
 
 
 @pytest.mark.parametrize("command", ["quantize", "export-onnx"])

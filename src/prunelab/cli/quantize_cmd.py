@@ -24,7 +24,7 @@ def add_int8_options(p) -> None:
 def summary(info: dict, source: str) -> str:
     s = info["settings"]
     line = (f"{source} -> {info['file']} (INT8, {info['bytes']:,} bytes, {info['bytes'] / info['fp32_bytes']:.2f}x the "
-            f"FP32 graph; weights {s['weight_type']}{', reduce-range' if s['reduce_range'] else ''}: {s['why']} "
+            f"FP32 graph; weights {s['weight_type']}{', reduce-range' if s['reduce_range'] else ''}{', per channel' if s.get('per_channel') else ''}: {s['why']} "
             f"[{s['cpu']}]); output vs FP32: max abs difference {info['max_abs_diff']:.2e} (outputs up to "
             f"{info['output_scale']:.2e})")
     if "drop" in info:

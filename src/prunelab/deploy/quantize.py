@@ -39,13 +39,15 @@ def cpu_int8_settings(flags: set[str] | None = None) -> dict:
             flags = set()
     vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
     if vnni:
-        return {"weight_type": "QInt8", "reduce_range": False, "cpu": ", ".join(vnni),
-                "why": "VNNI multiplies unsigned activations by signed 8-bit weights (U8S8) without saturating"}
-    return {"weight_type": "QUInt8", "reduce_range": False, "cpu": "avx2" if "avx2" in flags else "no avx2",
+        return {"weight_type": "QInt8", "reduce_range": False, "per_channel": True, "cpu": ", ".join(vnni),
+                "why": ("VNNI multiplies unsigned activations by signed 8-bit weights (U8S8) without saturating; a "
+                        "scale per output channel keeps them accurate (one per tensor lost 1.6 points on MiniLM/SST-2)")}
+    return {"weight_type": "QUInt8", "reduce_range": False, "per_channel": False,
+            "cpu": "avx2" if "avx2" in flags else "no avx2",
             "why": "without VNNI the U8S8 path can saturate; unsigned weights (U8U8) avoid it at full 8-bit range"}
 
 
-U8U8 = {"weight_type": "QUInt8", "reduce_range": False, "cpu": "any",
+U8U8 = {"weight_type": "QUInt8", "reduce_range": False, "per_channel": False, "cpu": "any",
         "why": "unsigned weights (U8U8) at full 8-bit range, tried as the recommended ones lost more than --max-drop"}
 
 
@@ -55,7 +57,7 @@ def _quantize_dynamic(quantize_dynamic, types, fp32: Path, int8: Path, settings:
     root.setLevel(max(level, logging.ERROR))
     try:
         quantize_dynamic(str(fp32), str(int8), weight_type=getattr(types, settings["weight_type"]),
-                         reduce_range=settings["reduce_range"])
+                         reduce_range=settings["reduce_range"], per_channel=settings.get("per_channel", False))
     finally:
         root.setLevel(level)
 
