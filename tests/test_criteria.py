@@ -243,6 +243,38 @@ def test_movement_prunes_weights_moving_to_zero_that_magnitude_keeps():
     assert bool(magnitude[large_first].all())  # magnitude keeps those (still the larger weights after 5 steps)
 
 
+def test_movement_is_the_straight_through_top_k_pruned_weights_keep_learning_scores_and_come_back():
+    """Sanh et al.'s hard movement: the mask is the top-k of the scores at every update; a pruned weight keeps its
+    value aside, its score goes on learning from that value and the dense gradient, and it returns with it."""
+    torch.manual_seed(0)
+    model = tiny_model("bert")
+    name = "encoder.layer.0.output.dense.weight"
+    weight = model.get_parameter(name)
+    original = weight.detach().clone()
+    pruner = Pruner(model, PruningConfig(criterion="movement", sparsity=0.5, include=["ffn_out"], layers=[0]))
+    low = torch.arange(weight.numel(), dtype=torch.float32).view_as(weight) < weight.numel() // 2
+    pruner.movement[name].copy_(torch.where(low, -1e-12, 1e-12))  # small beside one step's W·g
+    pruner.update_masks(0.5, step=0)
+    assert torch.equal(pruner.masks[name], ~low) and bool((weight[low] == 0).all())
+    assert torch.equal(pruner.latent[name][low], original[low]) and bool((pruner.latent[name][~low] == 0).all())
+
+    before = pruner.movement[name].clone()
+    plain = tiny_model("bert")  # the same masked model without the pruner's hooks: the dense gradient
+    plain.load_state_dict(model.state_dict())
+    plain(**batch("bert")).last_hidden_state.pow(2).mean().backward()
+    model(**batch("bert")).last_hidden_state.pow(2).mean().backward()
+    assert bool((weight.grad[low] == 0).all())  # the optimizer sees no gradient where pruned ...
+    # ... but the scores do, with the value set aside: a pruned weight's score still moves
+    assert torch.allclose(pruner.movement[name], before - original * plain.get_parameter(name).grad, atol=1e-7)
+    assert bool((pruner.movement[name][low] != before[low]).any())
+
+    pruner.movement[name].copy_(torch.where(low, 1.0, -1.0))  # the pruned half's scores rose above the kept half's
+    pruner.update_masks(0.5, step=10)
+    assert torch.equal(pruner.masks[name], low)  # regrown although the config's regrow is False
+    assert torch.equal(weight[low].detach(), original[low])  # back with the values they had
+    assert bool((weight[~low] == 0).all()) and torch.equal(pruner.latent[name][~low], original[~low])
+
+
 def test_movement_scores_survive_save_and_load(tmp_path):
     model = tiny_model("bert")
     pruner = Pruner(model, PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))

@@ -194,6 +194,18 @@ def test_baseline_without_teacher_prunes_on_the_same_budget(tmp_path, glue_dir, 
     assert [e["pruning/sparsity"] for e in history if "pruning/sparsity" in e][-1] == pytest.approx(0.5, abs=1e-3)
 
 
+def test_prune_start_trains_dense_first_then_reaches_the_sparsity_by_prune_end(tmp_path, glue_dir, capsys):  # noqa: F811
+    code = main(["distill-prune", str(save_tiny(tmp_path / "student")), "--teacher", "none", "--task", "mrpc",
+                 "--data-dir", str(glue_dir), "--sparsity", "0.5", "--lr", "1e-3", "--epochs", "2", "--batch-size", "4",
+                 "--max-seq-len", "16", "--logging-steps", "1", "--prune-start", "0.5", "--prune-end", "0.75",
+                 "--prune-every", "1", "--out", str(tmp_path / "late")])
+    assert code == 0
+    history = json.loads((tmp_path / "late" / "lr-0.001" / "log_history.json").read_text())["log_history"]
+    sparsity = {e["step"]: e["pruning/sparsity"] for e in history if "loss" in e}
+    assert [sparsity[s] for s in range(1, 5)] == [0.0] * 4  # 8 steps: dense through step 4
+    assert 0 < sparsity[5] < 0.5 and sparsity[6] == sparsity[8] == pytest.approx(0.5, abs=1e-3)
+
+
 def test_cli_with_a_deeper_teacher_on_a_regression_task(tmp_path, glue_dir, capsys):  # noqa: F811
     student = save_tiny(tmp_path / "student")
     teacher = save_teacher(tmp_path / "teacher", student, layers=4, num_labels=1)
@@ -225,6 +237,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, glue_dir,
         (["--teacher", str(other_vocab)], "has another vocabulary than the student"),
         (["--teacher", str(teacher), "--temperature", "0"], "--temperature 0.0 must be > 0"),
         (["--teacher", str(teacher), "--prune-end", "1.5"], "--prune-end 1.5 must be in (0, 1]"),
+        (["--teacher", str(teacher), "--prune-start", "0.7"], "--prune-start 0.7 must be in [0, --prune-end 0.7)"),
         (["--teacher", str(teacher), "--alpha-logits", "-1"], "--alpha-logits -1.0 must be a number >= 0"),
     ]
     for args, message in bad:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "prunelab"
 LAYERS = [
     ["errors", "_moved", "logs"],
     ["io", "targets", "schedules", "scores", "select", "sparsity", "masks_io", "codec", "optimizer_state", "data"],
-    ["config", "pruner", "methods"],
+    ["config", "pruner", "movement_scores", "methods"],
     ["artifact", "oneshot", "integrations"],
     ["deploy", "analysis"],
     ["pipelines"],

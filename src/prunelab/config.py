@@ -50,7 +50,8 @@ class PruningConfig:
         mode: ``enforced`` (pruned weights stay 0.0 through every step: the paper's *pruning*) or
             ``free`` (zeroed at each mask update, then free to regrow: *information deletion*).
         regrow: If False (default) masks are monotone: once pruned, stays pruned. If True every update
-            re-selects from all weights.
+            re-selects from all weights. Movement always re-selects: its masks are the top-k of its scores at every
+            update (the straight-through top-k estimator), and a weight it brings back has its value back.
         seed: Seed of stochastic criteria.
         include, exclude: Kinds to keep / drop (see ``targets.KINDS``); ``include=None`` keeps all.
         layers: Layer indices to prune; ``None`` prunes all layers.

@@ -32,6 +32,7 @@ from torch import nn
 from .config import PruningConfig
 from .io import atomic_output, read_json, write_json
 from .masks_io import MASKS_FILE, check_masks, load_masks, save_masks
+from .movement_scores import MovementScores
 from .optimizer_state import SECOND_MOMENT_FILL, holds_zeros, is_tidy, refill_interval, tidy
 from .sparsity import mask_sparsity, sparsity_report
 from .schedules import is_update_step, sparsity_at
@@ -42,7 +43,8 @@ from .errors import InputError, MissingInputError
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "pruner_state.json"
-MOVEMENT_FILE = "movement_scores.safetensors"
+MOVEMENT_FILE = "movement_scores.safetensors"  # the scores, and the pruned weights' values under LATENT_PREFIX
+LATENT_PREFIX = "latent/"
 
 
 class Pruner:
@@ -70,9 +72,9 @@ class Pruner:
         self.optimizer: torch.optim.Optimizer | None = None  # see attach_optimizer
         self._tidied: dict[str, list] = {}  # target -> weak references to its optimizer state, as last tidied
         self._steps_since_tidy = 0
-        # movement: S = -Σ W ⊙ ∂L/∂W per target, accumulated by a gradient hook at every backward pass
-        self.movement: dict[str, torch.Tensor] = {}
-        self._movement_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        # movement: S = -Σ W ⊙ ∂L/∂W per target, and the values of the weights it pruned (see ``movement_scores``)
+        self._movement = MovementScores()
+        self.movement, self.latent = self._movement.scores, self._movement.latent
         self._bind()
         if masks is not None:
             self.set_masks(masks, sparsity=None)
@@ -121,8 +123,9 @@ class Pruner:
                              "distill-prune run it); the Pruner's schedule cannot use it")
         self._bind()
         weights = {t.name: self._params[t.name].detach() for t in self.targets}
-        stats = self._movement_scores() if cfg.criterion == "movement" else None
-        previous = None if cfg.regrow or not self.masks else self.masks
+        stats = self._movement.reduced() if cfg.criterion == "movement" else None
+        # movement's masks are the top-k of its scores at every update (the straight-through top-k): they regrow
+        previous = None if cfg.regrow or cfg.criterion == "movement" or not self.masks else self.masks
         if cfg.structure:  # N:M: exact in every group of M along each target's input dimension
             m = parse_structure(cfg.structure)[1]
             pruned = round(sparsity * m)  # the schedule's sparsity in whole weights per group (cubic: 4:4, 3:4, 2:4)
@@ -149,6 +152,8 @@ class Pruner:
         if sparsity is None:
             sparsity = self.mask_sparsity()
         self.target_sparsity = sparsity
+        if self.config.criterion == "movement":
+            self._movement.set_aside(self._params, self.masks, previous)
         self.apply()
         self.verify()
         if self.config.mode == "enforced":
@@ -283,35 +288,8 @@ class Pruner:
         if replaced and self._hooks:
             self.remove_hooks()
             self._register_grad_hooks()
-        if self.config.criterion == "movement" and (replaced or not self._movement_hooks):
-            self._track_movement()
-
-    def _track_movement(self) -> None:
-        """Accumulate S -= W ⊙ g for every target at every backward pass (a tensor hook: it sees each backward's own
-        gradient, so gradient accumulation over micro-batches adds up, as the optimizer's step does)."""
-        for handle in self._movement_hooks:
-            handle.remove()
-        self._movement_hooks = []
-        for name, param in self._params.items():
-            score = self.movement.get(name)
-            if score is None or score.shape != param.shape or score.device != param.device:
-                self.movement[name] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
-
-            def accumulate(grad: torch.Tensor, name: str = name, param: nn.Parameter = param) -> None:
-                self.movement[name].sub_(param.detach().float() * grad.float())
-
-            self._movement_hooks.append(param.register_hook(accumulate))
-
-    def _movement_scores(self) -> dict[str, torch.Tensor]:
-        """The accumulated movement scores; summed over the ranks of a data-parallel launch, so that every rank
-        chooses the same masks."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for score in self.movement.values():
-                dist.all_reduce(score)  # each rank saw its own batches; the sum is the whole batch's
-                score.div_(dist.get_world_size())
-        return self.movement
+        if self.config.criterion == "movement" and (replaced or not self._movement.tracking):
+            self._movement.track(self._params)
 
     def _register_grad_hooks(self) -> None:
         # After accumulation, in place: before clipping and the optimizer see the gradient.
@@ -332,7 +310,8 @@ class Pruner:
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "last_update_step": self.last_update_step,
                 "target_sparsity": self.target_sparsity, "masks": {n: m.cpu() for n, m in self.masks.items()},
-                "movement": {n: s.cpu() for n, s in self.movement.items()}}
+                "movement": {n: s.cpu() for n, s in self.movement.items()},
+                "latent": {n: v.cpu() for n, v in self.latent.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.config = PruningConfig.from_dict(state["config"], "pruner state")
@@ -344,9 +323,8 @@ class Pruner:
         if state["masks"]:
             self.set_masks(state["masks"], sparsity=state["target_sparsity"])
         self.last_update_step = state["last_update_step"]
-        for name, score in (state.get("movement") or {}).items():
-            if name in self.movement:
-                self.movement[name].copy_(score)
+        # after set_masks, which set aside the zeros it found
+        self._movement.load(state.get("movement") or {}, state.get("latent") or {})
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``masks.safetensors`` and ``pruner_state.json`` into `directory` (e.g. a training checkpoint)."""
@@ -354,12 +332,13 @@ class Pruner:
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         save_masks(state.pop("masks"), directory / MASKS_FILE)
-        movement = state.pop("movement")
-        if movement:  # a resumed run continues with the scores accumulated so far
+        movement, latent = state.pop("movement"), state.pop("latent")
+        if movement:  # a resumed run continues with the scores accumulated so far, and the pruned weights' values
             from safetensors.torch import save_file
 
+            tensors = {**movement, **{LATENT_PREFIX + n: v for n, v in latent.items()}}
             with atomic_output(directory / MOVEMENT_FILE) as tmp:
-                save_file({n: s.contiguous() for n, s in movement.items()}, str(tmp))
+                save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
         write_json(directory / STATE_FILE, state)
 
     def load(self, directory: str | os.PathLike) -> None:
@@ -373,6 +352,8 @@ class Pruner:
         if (directory / MOVEMENT_FILE).is_file():
             from safetensors.torch import load_file
 
-            state["movement"] = load_file(str(directory / MOVEMENT_FILE))
+            tensors = load_file(str(directory / MOVEMENT_FILE))
+            state["movement"] = {n: t for n, t in tensors.items() if not n.startswith(LATENT_PREFIX)}
+            state["latent"] = {n[len(LATENT_PREFIX):]: t for n, t in tensors.items() if n.startswith(LATENT_PREFIX)}
         self.load_state_dict(state)
 

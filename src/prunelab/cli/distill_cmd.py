@@ -20,6 +20,8 @@ def register(sub) -> None:
     for term, default in (("attention", 1.0), ("hidden", 1.0), ("logits", 1.0), ("hard", 0.0)):
         what = {"attention": "attention", "hidden": "hidden-state", "logits": "soft cross-entropy", "hard": "gold-label task"}[term]
         p.add_argument(f"--alpha-{term}", type=float, default=default, help=f"weight of the {what} loss (default {default:g})")
+    p.add_argument("--prune-start", type=float, default=0.0, help="fraction of training before pruning starts "
+                   "(default 0; Sanh et al. train the first 10%% dense, so movement's scores learn first)")
     p.add_argument("--prune-end", type=float, default=0.7, help="fraction of training by which the sparsity is reached (default 0.7)")
     p.add_argument("--prune-every", type=int, default=10, help="steps between mask updates (default 10)")
     add_criterion_and_scope(p, ("magnitude", "random", "movement", "soft-movement"))
@@ -36,7 +38,7 @@ def run(args) -> int:
     cfg = DistillConfig(
         teacher=None if args.teacher.lower() == "none" else args.teacher, sparsity=args.sparsity,
         temperature=args.temperature, alpha_attention=args.alpha_attention, alpha_hidden=args.alpha_hidden,
-        alpha_logits=args.alpha_logits, alpha_hard=args.alpha_hard, prune_end=args.prune_end, prune_every=args.prune_every,
+        alpha_logits=args.alpha_logits, alpha_hard=args.alpha_hard, prune_start=args.prune_start, prune_end=args.prune_end, prune_every=args.prune_every,
         criterion=args.criterion, scope=args.scope, exclude=sorted(parse_kinds(args.exclude, "--exclude")), **soft_movement_options(args), **glue_options(args),
     )
     metrics = distill_prune(cfg, resume=args.resume, overwrite=args.overwrite)

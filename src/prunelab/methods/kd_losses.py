@@ -49,7 +49,7 @@ class DistillWeights:
 @dataclass(kw_only=True)
 class DistillSettings:
     """How a student learns from its teacher while pruned: the loss weights (``DistillWeights``), the softmax
-    temperature of the logits loss, and the cubic schedule's end (a fraction of training) and update interval.
+    temperature of the logits loss, and the cubic schedule's start and end (fractions of training) and update interval.
     Shared by ``prunelab distill-prune`` and the study's ``[distill]`` section."""
 
     temperature: float = 1.0
@@ -57,6 +57,7 @@ class DistillSettings:
     alpha_hidden: float = 1.0
     alpha_logits: float = 1.0
     alpha_hard: float = 0.0
+    prune_start: float = 0.0  # fraction of training before pruning starts (Sanh et al.'s warm-up: scores learn first)
     prune_end: float = 0.7  # fraction of training by which the target sparsity is reached
     prune_every: int = 10
 

@@ -7,7 +7,7 @@ The story of a run:
     2. read and tokenize the task; then for each learning rate, from the same starting weights:
     3. load the student with a fresh classifier (seeded) and train it with ``prunelab.methods.kd_losses``'s loss
        (attention + hidden states + soft logits, optionally the gold labels) against the frozen teacher;
-    4. meanwhile prune it: cubic 0 -> ``sparsity`` over the first ``prune_end`` of training, masks updated
+    4. meanwhile prune it: cubic 0 -> ``sparsity`` from ``prune_start`` to ``prune_end`` of training, masks updated
        every ``prune_every`` steps and held afterwards, so the final sparsity is exact;
     5. evaluate dev and the whole training set with the plain task loss (comparable to the baseline's), and
        measure seconds per step, the teacher forward's share of them and peak memory.
@@ -63,6 +63,9 @@ class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
         if not (isinstance(self.prune_end, (int, float)) and 0.0 < self.prune_end <= 1.0):
             raise InputError(f"--prune-end {self.prune_end} must be in (0, 1]: the fraction of training by which the "
                              "sparsity is reached, e.g. 0.7")
+        if not (isinstance(self.prune_start, (int, float)) and 0.0 <= self.prune_start < self.prune_end):
+            raise InputError(f"--prune-start {self.prune_start} must be in [0, --prune-end {self.prune_end}): the fraction "
+                             "of training before pruning starts, e.g. 0.1")
         check_number("--prune-every", self.prune_every, low=1, integer=True)
         check_number("--weight-decay", self.weight_decay, low=0)
         if self.teacher is not None:
@@ -76,7 +79,8 @@ class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
     def pruning_config(self, total_steps: int) -> PruningConfig:
         return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, exclude=self.exclude,
                              schedule="cubic",
-                             mode="enforced", start_step=0, end_step=max(1, round(self.prune_end * total_steps)),
+                             mode="enforced", start_step=round(self.prune_start * total_steps),
+                             end_step=max(round(self.prune_start * total_steps) + 1, round(self.prune_end * total_steps)),
                              update_every=self.prune_every, seed=self.seed)
 
 
@@ -205,8 +209,8 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     soft = cfg.criterion == SOFT_MOVEMENT
     if soft:  # scores over every target, the weights trained under their masks; fixed exactly at the last step
         learner, optimizer, callback = soft_movement.start(
-            model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay, ramp_start=0,
-            ramp_end=round(cfg.prune_end * total_steps), fix_at=total_steps, seed=cfg.seed, exclude=cfg.exclude)
+            model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay,
+            ramp_start=round(cfg.prune_start * total_steps), ramp_end=round(cfg.prune_end * total_steps), fix_at=total_steps, seed=cfg.seed, exclude=cfg.exclude)
     else:
         learner, optimizer, callback = None, None, PruningCallback(Pruner(model, cfg.pruning_config(total_steps)))
     args = training_arguments(run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(), max_steps=total_steps,

@@ -166,7 +166,7 @@ class DistillSpec(DistillSettings):
     the same without the teacher. Learning rates and epochs are [finetune]'s."""
 
     RANGES: ClassVar[dict] = {"temperature": (0, None), "alpha_attention": (0, None), "alpha_hidden": (0, None),
-                              "alpha_logits": (0, None), "alpha_hard": (0, None), "prune_end": (0, 1), "prune_every": (1, None)}
+                              "alpha_logits": (0, None), "alpha_hard": (0, None), "prune_start": (0, 1), "prune_end": (0, 1), "prune_every": (1, None)}
     OPEN: ClassVar[tuple] = ("temperature", "prune_end")
 
 
