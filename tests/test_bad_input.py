@@ -155,6 +155,7 @@ def test_pretrain_resume_of_a_finished_run_is_a_no_op_and_another_sparsity_is_re
     ('[finetune]\nepochs = "1"\n', "[finetune] epochs in"),
     ('[finetune]\nbatch_size = 0\n', "[finetune] batch_size in"),
     ('[pretrain]\nprune_every = 0\n', "[pretrain] prune_every in"),
+    ('[distill]\nprune_start = 0.8\n', "[distill] prune_start 0.8 in"),
 ])
 def test_bad_spec_values_fail_at_load_naming_the_key_and_write_nothing(tmp_path, capsys, extra, says):
     spec = make_study(tmp_path)
@@ -162,7 +163,7 @@ def test_bad_spec_values_fail_at_load_naming_the_key_and_write_nothing(tmp_path,
     section = extra.split("]")[0] + "]"
     key = extra.split("\n")[1].split(" =")[0]
     text = "\n".join(line for line in text.splitlines() if not (line.startswith(key + " =")))  # the spec's own value goes
-    spec.write_text(text.replace(section, extra.rstrip("\n"), 1))
+    spec.write_text(text.replace(section, extra.rstrip("\n"), 1) if section in text else text + "\n" + extra)
     assert main(["study", "run", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert says in err and str(spec) in err and err.count("\n") == 1
@@ -196,7 +197,8 @@ SPEC_KEYS = {
                  "epochs_after_pruning"],
     "layer_drop": ["strategies", "counts"],
     "adapt": ["lrs", "head_lr", "penalty", "ramp", "band", "exact", "epochs"],
-    "distill": ["temperature", "alpha_attention", "alpha_hidden", "alpha_logits", "alpha_hard", "prune_end", "prune_every"],
+"distill": ["temperature", "alpha_attention", "alpha_hidden", "alpha_logits", "alpha_hard", "prune_start", "prune_end",
+                "prune_every"],
     "resources": ["cpus", "gpus"],
 }
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=5)  # what a TOML string can hold

@@ -349,9 +349,12 @@ def test_distill_prune_by_soft_movement_saves_exact_zeros_and_reports_its_thresh
     assert main(["distill-prune", str(save_tiny(tmp_path / "student")), "--teacher", "none", "--task", "mrpc",
                  "--data-dir", str(glue_dir), "--sparsity", "0.5", "--criterion", "soft-movement", "--lr", "1e-3",
                  "--epochs", "6", "--prune-end", "0.5", "--batch-size", "4", "--max-seq-len", "16", "--band", "0.05",
-                 "--save-model", "--out", str(out)]) == 0
+                 "--logging-steps", "1", "--save-model", "--out", str(out)]) == 0
     assert "(soft-movement pruning, task loss only)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
+    history = json.loads((out / "lr-0.001" / "log_history.json").read_text())["log_history"]
+    held = [e["step"] for e in history if "loss" in e and "pruning/sparsity" in e]
+    assert metrics["runs"][0]["steps"] == 24 and held == list(range(12, 25))  # fixed at --prune-end, held to the end
     run = metrics["runs"][0]
     assert run["target_sparsity"] == 0.5 and metrics["sparsity"] >= 0.5  # the weights: the masks' zeros, and [PAD]'s row
     assert 0.0 < run["sparsity_at_end_of_training"] < 1.0  # what the learned threshold S > 0 pruned, reported

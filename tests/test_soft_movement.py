@@ -82,6 +82,20 @@ def test_a_tied_decoder_sees_the_masked_embeddings_and_stays_tied(model_type):
     model(**batch(model_type))  # a plain model again
 
 
+def test_scores_start_a_margin_above_the_threshold_that_grows_with_the_ramp():
+    """Starting at 0.01 the masks flipped on a few steps' noise and MiniLM ended at chance (docs/paper.md): the scores
+    start where about 40% of the ramp's Adam steps, scores_lr each, are needed to bring one to the threshold."""
+    from prunelab.pipelines.soft_movement import SoftMovementOptions, initial_score, start
+
+    assert initial_score(1e-2, 100) == pytest.approx(0.4) and initial_score(1e-2, 1000) == pytest.approx(4.0)
+    assert initial_score(1e-2, 1) == 0.01  # never below adapt's start
+    learner, optimizer, _ = start(tiny_model("bert", "cls"), SoftMovementOptions(scores_lr=1e-2), sparsity=0.5,
+                                  lr=1e-3, weight_decay=0.0, ramp_start=10, ramp_end=110, fix_at=110, seed=0)
+    scores = torch.cat([s.detach().flatten() for s in learner.parameters()])
+    assert float(scores.mean()) == pytest.approx(0.4, abs=1e-3) and learner.realized_sparsity() == 0.0
+    assert optimizer.param_groups[0]["lr"] == 1e-2
+
+
 def test_the_penalty_counts_once_per_optimizer_step(tmp_path):
     """A loss the Trainer does not divide by the accumulation steps gets the penalty's share per batch."""
     model = tiny_model("bert", "cls")

@@ -76,11 +76,15 @@ class DistillConfig(GlueOptions, DistillSettings, SoftMovementOptions):
         if self.criterion != SOFT_MOVEMENT:
             self.pruning_config(total_steps=1)  # validates sparsity, criterion and scope
 
+    def window(self, total_steps: int) -> tuple[int, int]:
+        """The optimizer steps pruning starts and reaches the sparsity at, of a run of `total_steps`."""
+        start = round(self.prune_start * total_steps)
+        return start, max(start + 1, round(self.prune_end * total_steps))
+
     def pruning_config(self, total_steps: int) -> PruningConfig:
+        start, end = self.window(total_steps)
         return PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope, exclude=self.exclude,
-                             schedule="cubic",
-                             mode="enforced", start_step=round(self.prune_start * total_steps),
-                             end_step=max(round(self.prune_start * total_steps) + 1, round(self.prune_end * total_steps)),
+                             schedule="cubic", mode="enforced", start_step=start, end_step=end,
                              update_every=self.prune_every, seed=self.seed)
 
 
@@ -207,10 +211,11 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
         model.set_attn_implementation("eager")
     total_steps = optimizer_steps(cfg.epochs, len(data["train"]), cfg.batch_size, cfg.grad_accum)
     soft = cfg.criterion == SOFT_MOVEMENT
-    if soft:  # scores over every target, the weights trained under their masks; fixed exactly at the last step
+    if soft:  # scores over every target, the weights trained under their masks; fixed exactly at --prune-end, then held
+        start, end = cfg.window(total_steps)
         learner, optimizer, callback = soft_movement.start(
-            model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay,
-            ramp_start=round(cfg.prune_start * total_steps), ramp_end=round(cfg.prune_end * total_steps), fix_at=total_steps, seed=cfg.seed, exclude=cfg.exclude)
+            model, cfg, sparsity=cfg.sparsity, lr=lr, weight_decay=cfg.weight_decay, ramp_start=start, ramp_end=end,
+            fix_at=end, seed=cfg.seed, exclude=cfg.exclude)
     else:
         learner, optimizer, callback = None, None, PruningCallback(Pruner(model, cfg.pruning_config(total_steps)))
     args = training_arguments(run_dir / "checkpoints", learning_rate=lr, **cfg.trainer_kwargs(), max_steps=total_steps,
@@ -231,7 +236,7 @@ def _run_one_lr(cfg: DistillConfig, task: Task, lr: float, data: dict, tokenizer
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "checkpoints"))
     peak_memory_mb = _peak_memory_mb()
 
-    if soft:  # the learned scores chose: the round(s·N) lowest went at the last step (exact), held by a pruner
+    if soft:  # the learned scores chose: the round(s·N) lowest went at --prune-end (exact), held by a pruner
         pruner, fixed = soft_movement.finished(callback, trainer.state.global_step)
     else:
         pruner, fixed = callback.pruner, {"target_sparsity": cfg.sparsity}

@@ -2,8 +2,8 @@
 their checks, the learner and optimizer of a run, and the exact masks it ends with.
 
 The story, in every pipeline:
-    1. every target gets scores S (``methods.learned_masks.MaskLearner`` with ``train_weights``): the forward pass
-       sees W ⊙ 1[S > 0], and the weights train under their masks;
+    1. every target gets scores S (``methods.learned_masks.MaskLearner`` with ``train_weights``), starting at
+       ``initial_score``: the forward pass sees W ⊙ 1[S > 0], and the weights train under their masks;
     2. the regulariser ±λ·Σσ(S) joins the training loss (``MaskLearnerLoss``), switched by the target-sparsity
        control: on while the sparsity of S > 0 is below the target (cubic from 0 over the ramp), reversed once it
        is more than `band` above it; the scores have their own learning rate;
@@ -59,6 +59,18 @@ class SoftMovementOptions:
                              "by weight, not in groups of M); drop --structure, or use --criterion magnitude")
 
 
+def initial_score(scores_lr: float, ramp_steps: int) -> float:
+    """Where the scores start: a quarter of the way an Adam-trained score can travel over the ramp (about
+    `scores_lr` a step), so that a weight goes only once training has pushed its score down for that long, not on the
+    noise of a few steps; at least 0.01 (adapt's start).
+
+    With the threshold at 0 this is the margin Sanh et al. get from starting the scores at 0 and raising the threshold
+    on σ(S). Measured on MiniLM pruned to 90% while fine-tuning on SST-2 (190 steps, a ramp of 133): starting at 0.01
+    the masks flip on noise and the run ends at chance; at 0.33 (this rule) and 0.5 it beats magnitude; at 1.0 the
+    scores had not reached the target when the masks were fixed."""
+    return max(0.01, 0.4 * scores_lr * ramp_steps)
+
+
 def start(model: torch.nn.Module, options: SoftMovementOptions, *, sparsity: float, lr: float, weight_decay: float,
           ramp_start: int, ramp_end: int, fix_at: int, seed: int,
           exclude: list[str] | None = None) -> tuple[MaskLearner, torch.optim.Optimizer, MaskLearnerCallback]:
@@ -72,7 +84,8 @@ def start(model: torch.nn.Module, options: SoftMovementOptions, *, sparsity: flo
     """
     learner = MaskLearner(model, sparsity, penalty=options.penalty, ramp_start=ramp_start,
                           ramp_steps=ramp_end - ramp_start, band=options.band, seed=seed, train_weights=True,
-                          regularizer="sigmoid", exclude=exclude)
+                          regularizer="sigmoid", exclude=exclude,
+                          init_mean=initial_score(options.scores_lr, ramp_end - ramp_start))
     scores = {id(p) for p in learner.parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in scores]
     optimizer = torch.optim.AdamW([{"params": list(learner.parameters()), "lr": options.scores_lr, "weight_decay": 0.0},

@@ -240,6 +240,9 @@ class StudySpec:
             raise InputError(f"[finetune] lrs and seeds{where} must not be empty")
         self._check_layer_drop(where)
         self._check_structured(where)
+        if self.distill.prune_start >= self.distill.prune_end:
+            raise InputError(f"[distill] prune_start {self.distill.prune_start}{where} must be below prune_end "
+                             f"{self.distill.prune_end}: pruning starts at the one and reaches the sparsity at the other")
         if not self.adapt.lrs or any(lr <= 0 for lr in self.adapt.lrs):
             raise InputError(f"[adapt] lrs{where} must be a non-empty list of positive learning rates, e.g. [1e-3]")
 
