@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_structured.py
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_criteria.py
+	$(BIN)/python benchmarks/bench_early_scores.py
 	$(BIN)/python benchmarks/bench_deploy.py
 
 clean:

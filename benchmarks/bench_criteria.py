@@ -18,7 +18,7 @@ embeddings,pooler``; calibration: --calibration-samples SST-2 training sentences
 
 During (``--during``): the packaged MiniLM pruned to --sparsity while fine-tuning on the real SST-2 (``distill-prune
 --teacher none``, cubic schedule from --prune-start to --prune-end of training: by default over the first 70%; Sanh
-et al. train the first 10% dense and reach the sparsity at 80%), by magnitude, movement and soft movement, at each
+et al. train the first 10% dense and reach the sparsity at 80%), by magnitude, random, movement and soft movement, at each
 budget (training examples x epochs, lr 1e-4): dev accuracy at the end.
 """
 
@@ -132,7 +132,7 @@ def dev_accuracy(model_dir: Path, glue: Path) -> float:
     return compute_metrics(task, np.concatenate(predictions), labels)["accuracy"]
 
 
-CRITERIA_DURING = ("magnitude", "movement", "soft-movement")
+CRITERIA_DURING = ("magnitude", "random", "movement", "soft-movement")
 
 
 def during(args) -> None:
