@@ -16,7 +16,7 @@ from prunelab.study.spec import load_spec
 from study_fixtures import make_study
 
 METHODS = ["adapt", "distill", "pruned_during_finetuning"]
-EXTRA = "\n[adapt]\nlrs = [3e-3, 1e-2]\nhead_lr = 1e-2\npenalty = 1e-3\n\n[distill]\nprune_every = 1\nalpha_hard = 0.5\n"
+EXTRA = "\n[adapt]\nlrs = [3e-3, 1e-2]\nhead_lr = 1e-2\npenalty = 1e-3\n\n[distill]\nprune_every = 1\nalpha_hard = 0.5\nprune_start = 0.25\n"
 
 
 def test_plan_of_the_methods_from_the_dense_model_with_one_teacher_per_task_and_seed(tmp_path):
@@ -60,7 +60,7 @@ def test_method_runs_finish_at_their_sparsity_and_distill_learns_from_the_teache
     _, _, masks, info = load_artifact(teacher["model"])
     assert info["report"]["overall"]["sparsity"] < 0.01  # the teacher is dense
     config = json.loads((study / "runs" / "finetune-distill-s0.50-rte-lr0.001-seed0" / "work" / "run_config.json").read_text())["config"]
-    assert config["teacher"] == teacher["model"] and config["alpha_hard"] == 0.5 and config["prune_every"] == 1
+    assert config["teacher"] == teacher["model"] and config["alpha_hard"] == 0.5 and config["prune_every"] == 1 and config["prune_start"] == 0.25
     baseline = json.loads((study / "runs" / "finetune-pruned_during_finetuning-s0.50-rte-lr0.001-seed0" / "work" / "run_config.json").read_text())
     assert baseline["config"]["teacher"] is None
     for run_id in ("finetune-distill-s0.50-rte-lr0.001-seed0", "finetune-pruned_during_finetuning-s0.50-rte-lr0.001-seed0",
