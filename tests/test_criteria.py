@@ -280,10 +280,15 @@ def test_movement_scores_survive_save_and_load(tmp_path):
     pruner = Pruner(model, PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))
     model(**batch("bert")).last_hidden_state.sum().backward()
     pruner.step(0)
+    pruner.update_masks(0.3, step=1)  # the pruned weights' values go aside
     pruner.save(tmp_path / "ckpt")
-    again = Pruner(tiny_model("bert"), PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))
+    resumed = tiny_model("bert")
+    resumed.load_state_dict(model.state_dict())  # as a checkpoint holds it: zeros where pruned
+    again = Pruner(resumed, PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10))
     again.load(tmp_path / "ckpt")
     assert all(torch.equal(again.movement[n], pruner.movement[n].cpu()) for n in pruner.movement)
+    assert any(bool(v.any()) for v in pruner.latent.values())
+    assert all(torch.equal(again.latent[n], pruner.latent[n].cpu()) for n in pruner.latent)  # not the zeros it loaded
 
 
 def test_a_calibrated_criterion_is_refused_by_the_pruners_schedule():
