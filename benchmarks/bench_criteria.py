@@ -4,7 +4,7 @@ and with ``--accuracy``, what each keeps of a fine-tuned MiniLM's dev accuracy o
 Speed: ``BertModel(BertConfig())`` (110M parameters, randomly initialised, seeded), the encoder's linear layers
 pruned to --sparsity (embeddings and pooler excluded), 128 calibration sequences of 128 tokens (random ids, a
 quarter of each padded). Each criterion runs on a fresh copy, in a child process of its own so its peak resident
-memory (ru_maxrss) is its own; magnitude is the baseline, measured in the same run. Times are medians over
+memory (VmHWM: ru_maxrss would carry the parent's peak through vfork) is its own; magnitude is the baseline, measured in the same run. Times are medians over
 --repeats runs.
 
 Accuracy (``--accuracy``): the packaged MiniLM-L6 fine-tuned on --train-examples of SST-2 (``../shared/data``) for
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 CHILD = """
-import json, resource, sys, time, torch, transformers
+import json, sys, time, torch, transformers
 from prunelab import PruningConfig
 from prunelab.oneshot import calibrated_masks
 from prunelab.pruner import Pruner
@@ -56,7 +56,7 @@ if "{criterion}" == "magnitude":
 else:
     calibrated_masks(model, config, batches)
 seconds = time.perf_counter() - start
-print(json.dumps({{"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"seconds": seconds, "peak_mb": next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024}}))
 """
 
 

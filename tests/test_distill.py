@@ -245,3 +245,18 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, glue_dir,
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "bad").exists()  # every check runs before the run directory is made
+
+
+def test_peak_memory_is_the_process_own_not_its_parents(tmp_path):
+    """A run started by subprocess or Ray reports its own peak: getrusage's ru_maxrss would carry the parent's."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 2**20)
+    ballast[:: 4096] = b"\1" * len(range(0, len(ballast), 4096))  # touch each page: the parent's peak is 600 MB higher
+    child = subprocess.run([sys.executable, "-c", "from prunelab.pipelines.distill_prune import _peak_memory_mb, "
+                            "_peak_memory_source; print(_peak_memory_mb(), _peak_memory_source())"],
+                           capture_output=True, text=True, check=True, timeout=300)
+    del ballast
+    peak, source = child.stdout.split(" ", 1)
+    assert 0 < float(peak) < 550 and "VmHWM" in source, child.stdout  # importing torch + transformers: ~0.3 GB

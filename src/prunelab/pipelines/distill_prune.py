@@ -262,9 +262,18 @@ def _clock(device) -> float:
 
 
 def _peak_memory_mb() -> float:
-    """CUDA: the peak allocated since the run's reset. Otherwise the process's max RSS since it started."""
+    """CUDA: the peak allocated since the run's reset. Linux: this process's own peak RSS (VmHWM); getrusage's
+    ru_maxrss is not used there, as a child started by vfork (subprocess, Ray) inherits its parent's peak in it.
+    Elsewhere: the max RSS from getrusage."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -272,4 +281,6 @@ def _peak_memory_mb() -> float:
 
 
 def _peak_memory_source() -> str:
-    return "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "process max RSS (resource.getrusage)"
+    if torch.cuda.is_available():
+        return "torch.cuda.max_memory_allocated"
+    return "process peak RSS (VmHWM)" if sys.platform.startswith("linux") else "process max RSS (resource.getrusage)"
