@@ -164,6 +164,7 @@ def test_bad_spec_values_fail_at_load_naming_the_key_and_write_nothing(tmp_path,
     key = extra.split("\n")[1].split(" =")[0]
     text = "\n".join(line for line in text.splitlines() if not (line.startswith(key + " =")))  # the spec's own value goes
     spec.write_text(text.replace(section, extra.rstrip("\n"), 1) if section in text else text + "\n" + extra)
+    capsys.readouterr()  # what writing the tiny model printed (a progress bar, unless an earlier test quieted it)
     assert main(["study", "run", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert says in err and str(spec) in err and err.count("\n") == 1
