@@ -184,6 +184,11 @@ def test_prune_with_a_calibration_corpus(tmp_path):
      "--criterion sparsegpt does not apply to prunelab finetune"),
     (["distill-prune", "{m}", "--teacher", "none", "--task", "rte", "--data-dir", "{g}", "--sparsity", "0.5",
       "--criterion", "wanda", "--out", "{o}"], "--criterion wanda does not apply to prunelab distill-prune"),
+    # without --prune-after-epochs finetune prunes nothing: a criterion or scope there would be ignored, so is refused
+    (["finetune", "{m}", "--task", "rte", "--data-dir", "{g}", "--criterion", "movement", "--out", "{o}"],
+     "--criterion movement chooses what finetune prunes, and without --prune-after-epochs"),
+    (["finetune", "{m}", "--task", "rte", "--data-dir", "{g}", "--scope", "global", "--out", "{o}"],
+     "--scope global chooses what finetune prunes, and without --prune-after-epochs"),
 ])
 def test_bad_criterion_input_is_one_line_and_writes_nothing(tmp_path, glue_dir, capsys, argv, says):  # noqa: F811
     names = {"m": str(save_tiny(tmp_path / "m")), "o": str(tmp_path / "out"), "g": str(glue_dir),

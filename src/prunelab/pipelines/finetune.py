@@ -53,6 +53,11 @@ class FinetuneConfig(GlueOptions, SoftMovementOptions):
         if self.criterion == SOFT_MOVEMENT and self.prune_after_epochs is None:
             raise InputError("--criterion soft-movement learns masks in the pruned-after-fine-tuning regime: pass "
                              "--prune-after-epochs N --sparsity S")
+        for flag, value, default in (("--criterion", self.criterion, "magnitude"), ("--scope", self.scope, "matrix")):
+            if self.prune_after_epochs is None and value != default:
+                raise InputError(f"{flag} {value} chooses what finetune prunes, and without --prune-after-epochs N "
+                                 "--sparsity S it prunes nothing (MODEL's masks, if any, are held as they are): pass "
+                                 f"both, or drop {flag}")
         self.check_soft_movement(self.criterion, self.sparsity, self.scope)
         if self.sparsity is not None:
             PruningConfig(sparsity=self.sparsity, criterion=self.criterion, scope=self.scope)  # validates all three

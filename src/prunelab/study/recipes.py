@@ -188,7 +188,7 @@ def _finetune_options(spec: StudySpec, run: Run) -> dict:
         return {"masks": "free"}
     if regime == "pruned_after_finetuning":
         return {"epochs": f.epochs_after_pruning, "prune_after_epochs": f.prune_after_epochs, "sparsity": run.params["sparsity"],
-                "criterion": run.params["criterion"]}
+                "criterion": run.params["criterion"], "scope": spec.scope}
     if regime == "oneshot_finetuned":  # a one-shot pruned fine-tuned model, fine-tuned on with its masks held
         return {"epochs": f.epochs_after_pruning}
     return {}  # masks held: a pruned model keeps its zeros; a dense or layer-dropped one (no masks file) is dense
@@ -198,8 +198,8 @@ def run_finetune(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, w
     """GLUE fine-tuning of the model of the run it starts from at one learning rate and seed."""
     from ..pipelines.finetune import FinetuneConfig, finetune
 
-    options = {"masks": "held", "epochs": spec.finetune.epochs, "criterion": spec.criterion, **_finetune_options(spec, run)}
-    cfg = FinetuneConfig(**_glue_run(spec, data_dir, root, run, work), lrs=[run.params["lr"]], scope=spec.scope, **options)
+    options = {"masks": "held", "epochs": spec.finetune.epochs, **_finetune_options(spec, run)}
+    cfg = FinetuneConfig(**_glue_run(spec, data_dir, root, run, work), lrs=[run.params["lr"]], **options)
     m = finetune(cfg, overwrite=True)
     return {"dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
             "realized_sparsity": m["sparsity"], "seconds": m["seconds"], "dev_examples": m["dev_examples"]}
