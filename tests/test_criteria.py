@@ -20,6 +20,7 @@ from prunelab.methods.sparsegpt import sparsegpt_masks, sparsegpt_solve
 from prunelab.methods.wanda import wanda_masks
 from prunelab.scores import wanda
 from prunelab.select import compute_masks, num_to_prune
+from prunelab.errors import InputError
 
 
 def calibration(model_type: str, n: int = 3) -> list[dict]:
@@ -184,6 +185,8 @@ def test_prune_with_a_calibration_corpus(tmp_path):
      "--criterion sparsegpt does not apply to prunelab finetune"),
     (["distill-prune", "{m}", "--teacher", "none", "--task", "rte", "--data-dir", "{g}", "--sparsity", "0.5",
       "--criterion", "wanda", "--out", "{o}"], "--criterion wanda does not apply to prunelab distill-prune"),
+    (["pretrain", "{m}", "--corpus", "{c}", "--steps", "2", "--sparsity", "0.5", "--criterion", "movement",
+      "--schedule", "oneshot", "--out", "{o}"], "prunes at --prune-start 0, before any step has given its scores a value"),
     # without --prune-after-epochs finetune prunes nothing: a criterion or scope there would be ignored, so is refused
     (["finetune", "{m}", "--task", "rte", "--data-dir", "{g}", "--criterion", "movement", "--out", "{o}"],
      "--criterion movement chooses what finetune prunes, and without --prune-after-epochs"),
@@ -220,6 +223,20 @@ def test_movement_scores_are_minus_the_sum_of_weight_times_gradient():
         optimizer.zero_grad()
     for name, score in expected.items():
         assert torch.allclose(pruner.movement[name], score, atol=1e-6)
+
+
+def test_movement_refuses_to_prune_before_its_scores_have_a_value():
+    """At step 0 every score is 0: a top-k there would choose by position, so the pruner refuses (the 0 sparsity of a
+    cubic schedule's first step is fine); after one backward pass it prunes."""
+    model = tiny_model("bert")
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, criterion="movement", schedule="oneshot"))
+    with pytest.raises(InputError, match="movement's scores are all zero"):
+        pruner.step(0)
+    assert not pruner.masks
+    Pruner(tiny_model("bert"), PruningConfig(sparsity=0.5, criterion="movement", schedule="cubic", end_step=10)).step(0)
+    model(**batch("bert", seed=0)).last_hidden_state.pow(2).mean().backward()
+    pruner.step(0)
+    assert pruner.mask_sparsity() == pytest.approx(0.5, abs=1e-3)
 
 
 def test_movement_prunes_weights_moving_to_zero_that_magnitude_keeps():

@@ -124,6 +124,10 @@ class Pruner:
         self._bind()
         weights = {t.name: self._params[t.name].detach() for t in self.targets}
         stats = self._movement.reduced() if cfg.criterion == "movement" else None
+        if stats is not None and sparsity > 0 and not any(bool(s.any()) for s in stats.values()):
+            raise InputError(f"step {step}: movement's scores are all zero (no backward pass has reached the targets "
+                             "yet), so pruning now would choose weights by position; start pruning after training "
+                             "has begun (start_step >= 1)")
         # movement's masks are the top-k of its scores at every update (the straight-through top-k): they regrow
         previous = None if cfg.regrow or cfg.criterion == "movement" or not self.masks else self.masks
         if cfg.structure:  # N:M: exact in every group of M along each target's input dimension

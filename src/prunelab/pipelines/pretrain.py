@@ -100,6 +100,10 @@ class PretrainConfig(RunOptions, SoftMovementOptions):
         if self.criterion == SOFT_MOVEMENT and self.schedule != "cubic":
             raise InputError(f"--schedule {self.schedule} does not apply to soft-movement: its masks are learned as the "
                              "target rises (cubic) to --prune-end, then fixed; drop --schedule")
+        if self.criterion == "movement" and self.schedule == "oneshot" and self.prune_start == 0:
+            raise InputError("--criterion movement with --schedule oneshot prunes at --prune-start 0, before any step "
+                             "has given its scores a value (it would choose by position): pass --prune-start N >= 1, "
+                             "or use the cubic schedule")
         self.pruning_config()  # validates sparsity, criterion, scope and the schedule window
 
     def pruning_config(self) -> PruningConfig:
