@@ -120,6 +120,12 @@ def test_sparsegpt_2_4_keeps_two_of_every_four():
     assert bool((keep.view(8, 4, 4).sum(-1) == 2).all()) and bool((pruned[~keep] == 0).all())
 
 
+def test_sparsegpt_n_m_is_exact_per_group_when_m_does_not_divide_the_block():
+    weight, x, hessian = layer_problem(rows=8, cols=12)
+    pruned, keep = sparsegpt_solve(weight, hessian, 2 / 3, structure="1:3", blocksize=8)  # groups of 3, blocks of 8
+    assert bool((keep.view(8, 4, 3).sum(-1) == 1).all()) and bool((pruned[~keep] == 0).all())
+
+
 def test_sparsegpt_is_deterministic_and_exact_on_every_architecture():
     for model_type in MODEL_TYPES:
         results = []

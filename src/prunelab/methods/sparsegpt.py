@@ -63,6 +63,8 @@ def sparsegpt_solve(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     n, m = parse_structure(structure) if structure else (0, 0)
     if structure and cols % m:
         raise InputError(f"a layer with {cols} inputs has no {structure} structure (not a multiple of {m})")
+    if structure:  # blocks of whole groups, so that no group of M straddles two blocks
+        blocksize = max(m, blocksize - blocksize % m)
     keep = torch.ones_like(w, dtype=torch.bool)
     counts = block_counts(sparsity, rows, cols, blocksize) if not structure else None
     for b, start in enumerate(range(0, cols, blocksize)):
