@@ -95,6 +95,8 @@ def test_oneshot_runs_prune_the_teacher_exactly_and_fine_tuning_keeps_their_zero
         result = _result(study, f"oneshot-{criterion}-s0.50-rte-seed0")
         model, _, saved, info = load_artifact(result["model"])
         assert info["config"]["criterion"] == criterion and set(info["config"]["exclude"]) == {"embeddings", "pooler"}
+        # each criterion's own one-shot scope, as `prunelab prune` uses it: Wanda's paper compares within each row
+        assert info["config"]["scope"] == result["scope"] == ("row" if criterion == "wanda" else "matrix")
         assert result["realized_sparsity"] == pytest.approx(0.5, abs=1e-3)
         assert 0 <= result["dev_score"] <= 1 and result["dev_examples"] == {"dev": 8}
         masks[criterion] = saved

@@ -33,6 +33,12 @@ COMMAND_CRITERIA = {
 T = TypeVar("T")
 
 
+def one_shot_scope(criterion: str, structure: str | None = None) -> str:
+    """The scope a one-shot prune uses when none is given: Wanda compares within each output row (its paper's
+    group), every other criterion, and any N:M structure, within each matrix."""
+    return "row" if criterion == "wanda" and not structure else "matrix"
+
+
 @dataclass
 class PruningConfig:
     """What to prune, by which criterion, on which schedule, and how masks are enforced.

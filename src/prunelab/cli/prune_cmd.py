@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..data.calibration import SAMPLES, Calibration
 from ..oneshot import ONE_SHOT, prune
-from ..config import PruningConfig
+from ..config import PruningConfig, one_shot_scope
 from ..select import parse_structure
 from .compress_cmd import add_codec, summary
 from .options import add_criterion_and_scope, add_model, add_out, ints
@@ -51,7 +51,7 @@ def run(args) -> int:
         sparsity=sparsity,
         structure=args.structure,
         criterion=args.criterion,
-        scope=args.scope or ("row" if args.criterion == "wanda" and not args.structure else "matrix"),
+        scope=args.scope or one_shot_scope(args.criterion, args.structure),
         schedule="oneshot",
         seed=args.seed,
         include=args.include.split(",") if args.include else None,

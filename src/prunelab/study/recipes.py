@@ -232,7 +232,7 @@ def run_oneshot(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, wo
     scored on the dev set as it is."""
     import time
 
-    from ..config import CALIBRATED, PruningConfig
+    from ..config import CALIBRATED, PruningConfig, one_shot_scope
     from ..data.calibration import Calibration
     from ..oneshot import prune
     from ..pipelines.grid import GlueOptions, evaluate_saved
@@ -242,11 +242,12 @@ def run_oneshot(spec: StudySpec, data_dir: Path | None, root: Path, run: Run, wo
     calibration = (Calibration(task=p["task"], data_dir=glue["data_dir"], samples=o.calibration_samples,
                                max_seq_len=spec.finetune.max_seq_len, seed=p["seed"])
                    if p["criterion"] in CALIBRATED else None)
-    config = PruningConfig(sparsity=p["sparsity"], criterion=p["criterion"], exclude=o.exclude, seed=p["seed"])
+    config = PruningConfig(sparsity=p["sparsity"], criterion=p["criterion"], scope=one_shot_scope(p["criterion"]),
+                           exclude=o.exclude, seed=p["seed"])
     info = prune(glue["model"], config, work / "model", overwrite=True, calibration=calibration)
     m = evaluate_saved(GlueOptions(**{**glue, "model": str(work / "model")}))
     return {"model": str(work / "model"), "dev": m["dev"], "dev_score": m["dev_score"], "train_loss_full": m["train_loss_full"],
-            "realized_sparsity": info["report"]["overall"]["sparsity"], "fallback": info.get("fallback"),
+            "realized_sparsity": info["report"]["overall"]["sparsity"], "scope": config.scope, "fallback": info.get("fallback"),
             "dev_examples": m["dev_examples"], "seconds": time.time() - started}
 
 
