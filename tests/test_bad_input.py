@@ -257,3 +257,17 @@ def test_a_study_killed_between_creating_its_directory_and_study_json_reopens(tm
     (tmp_path / "out" / "runs").mkdir(parents=True)  # what an older runner left when killed before study.json
     init_study_dir(spec, tmp_path / "out", spec.data_dir())
     assert open_study(tmp_path / "out")[0].name == spec.name
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["finetune", "minilm", "--task", "sst2", "--structure", "2:4", "--out", "x"], "unrecognized arguments: --structure 2:4"),
+    (["prune", "minilm", "--sparsity", "0.5"], "prunelab prune: the following arguments are required: --out"),
+    (["prune", "minilm", "--scope", "rows", "--out", "x"], "argument --scope: invalid choice: 'rows'"),
+])
+def test_a_flag_argparse_refuses_is_one_line_exit_2(tmp_path, capsys, monkeypatch, argv, says):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and err.count("\n") == 1 and "--help" in err, err
+    assert not list(tmp_path.iterdir())

@@ -58,6 +58,48 @@ def test_wanda_gathers_norms_over_real_tokens_only(monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
+@torch.no_grad()
+def plain_wanda(model, batches, targets, counts, sequential=True) -> dict[str, torch.Tensor]:
+    """Wanda written plainly, as its reference code: for each encoder layer in order, the whole model runs on the
+    batches (`sequential`: with the layers before it already pruned; otherwise dense); each linear's input rows at
+    real tokens give ||X_j||_2; output row r of target n loses its counts[n][r] lowest |W_rj| · ||X_j||_2."""
+    masks = {}
+    by_layer = linear_targets(model, targets)
+    for layer in sorted(by_layer):
+        rows, current = {name: [] for name in by_layer[layer]}, {}
+        hooks = [m.register_forward_pre_hook(lambda m, args, name=name: rows[name].append(args[0][current["keep"]]))
+                 for name, m in by_layer[layer].items()]
+        for b in batches:
+            current["keep"] = b["attention_mask"].bool()
+            model(**b)
+        for h in hooks:
+            h.remove()
+        for name, module in by_layer[layer].items():
+            score = module.weight.abs() * torch.cat(rows[name]).pow(2).sum(0).sqrt()
+            masks[name] = torch.ones_like(score, dtype=torch.bool)
+            for r, k in enumerate(counts[name].tolist()):
+                masks[name][r, score[r].topk(k, largest=False).indices] = False
+            if sequential:
+                module.weight.mul_(masks[name])
+    return masks
+
+
+def test_wanda_is_its_formula_over_the_inputs_of_the_already_pruned_model():
+    """The gathered statistic is the L2 norm of each input feature over real tokens, taken layer by layer from the
+    model as the earlier layers' pruning left it. (The counts per row are the implementation's: 0.5 of 37 columns
+    is 18 in some rows and 19 in others, so that the matrix's count is exact.)"""
+    targets = resolve_targets(tiny_model("bert"))
+    got = wanda_masks(tiny_model("bert"), calibration("bert"), targets, 0.5)
+    counts = {n: (~m).sum(1) for n, m in got.items()}
+    assert all(int(c.sum()) == num_to_prune(0.5, got[n].numel()) for n, c in counts.items())
+    expected = plain_wanda(tiny_model("bert"), calibration("bert"), targets, counts)
+    assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
+    # every layer's norms from the dense model instead: the first layer agrees, a later one does not
+    dense = plain_wanda(tiny_model("bert"), calibration("bert"), targets, counts, sequential=False)
+    first = linear_targets(tiny_model("bert"), targets)[0]
+    assert all(torch.equal(got[n], dense[n]) for n in first) and any(not torch.equal(got[n], dense[n]) for n in got)
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 1.0])
 def test_wanda_prunes_every_linear_target_exactly(model_type, sparsity):

@@ -27,10 +27,17 @@ INTERRUPTED = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block), exit code 2; its subcommands' parsers are its kind."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="prunelab", description="Prune pretrained transformer encoders.")
+    parser = _Parser(prog="prunelab", description="Prune pretrained transformer encoders.")
     parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
