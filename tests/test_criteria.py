@@ -226,6 +226,8 @@ def test_prune_with_a_calibration_corpus(tmp_path):
      "--calibration applies to --criterion wanda or sparsegpt, not magnitude"),
     (["prune", "{m}", "--criterion", "sparsegpt", "--scope", "global", "--sparsity", "0.5", "--calibration", "rte",
       "--data-dir", "{g}", "--out", "{o}"], "sparsegpt chooses each matrix's mask block by block"),
+    (["prune", "{m}", "--criterion", "wanda", "--scope", "global", "--sparsity", "0.5", "--calibration", "rte",
+      "--data-dir", "{g}", "--out", "{o}"], "wanda prunes layer by layer"),
     (["pretrain", "{m}", "--corpus", "{c}", "--steps", "2", "--sparsity", "0.5", "--criterion", "wanda", "--out", "{o}"],
      "--criterion wanda does not apply to prunelab pretrain (it prunes one-shot over calibration data"),
     (["finetune", "{m}", "--task", "rte", "--data-dir", "{g}", "--sparsity", "0.5", "--prune-after-epochs", "1",

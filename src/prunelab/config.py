@@ -98,6 +98,10 @@ class PruningConfig:
         if self.criterion == "sparsegpt" and self.scope != "matrix":
             raise InputError(f"sparsegpt chooses each matrix's mask block by block as it reconstructs; scope "
                              f"{self.scope} does not apply: drop --scope (matrix)")
+        if self.criterion == "wanda" and self.scope == "global":
+            raise InputError("wanda prunes layer by layer, each from the inputs the already-pruned layers before it give, "
+                             "so no threshold spans all targets; scope global does not apply: use row (its paper's "
+                             "group, the default) or matrix")
         if self.start_step < 0:
             raise InputError(f"start_step {self.start_step} is negative; steps count from 0")
         if self.update_every < 1:
