@@ -289,6 +289,20 @@ def test_movement_refuses_to_prune_before_its_scores_have_a_value():
     assert pruner.mask_sparsity() == pytest.approx(0.5, abs=1e-3)
 
 
+def test_movement_n_m_keeps_the_two_highest_scores_of_every_four():
+    model = tiny_model("bert")
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, structure="2:4", criterion="movement", schedule="oneshot",
+                                         start_step=1, include=["query", "ffn_in"]))
+    model(**batch("bert", seed=0)).last_hidden_state.pow(2).mean().backward()
+    scores = {n: s.clone() for n, s in pruner.movement.items()}
+    pruner.step(1)
+    for name, keep in pruner.masks.items():
+        groups, kept = scores[name].reshape(-1, 4), keep.reshape(-1, 4)
+        assert bool((kept.sum(1) == 2).all()), name
+        expected = torch.zeros_like(kept).scatter_(1, groups.topk(2, dim=1).indices, True)
+        assert torch.equal(kept, expected), name
+
+
 def test_movement_prunes_weights_moving_to_zero_that_magnitude_keeps():
     """A toy regression whose gradient pulls the large weights to zero and pushes the small ones out: movement
     prunes the large shrinking ones, magnitude the small growing ones."""
