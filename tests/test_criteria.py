@@ -407,6 +407,32 @@ def test_distill_prune_by_movement_holds_exact_masks_that_plain_transformers_loa
     assert any(not torch.equal(masks["movement"][n], masks["magnitude"][n]) for n in masks["movement"])
 
 
+@pytest.mark.parametrize("criterion", ["movement", "soft-movement"])
+def test_distill_prune_by_movement_with_a_real_teacher(tmp_path, glue_dir, capsys, criterion):  # noqa: F811
+    """Sanh et al. prune by movement while distilling from the dense model: the teacher's share of the step is
+    measured, and the student still ends with exact held masks that plain transformers loads."""
+    import transformers
+
+    from prunelab.masks_io import load_masks
+    from test_distill import save_teacher
+
+    student = save_tiny(tmp_path / "student")
+    teacher = save_teacher(tmp_path / "teacher", student)
+    out = tmp_path / "kd"
+    assert main(["distill-prune", str(student), "--teacher", str(teacher), "--task", "mrpc", "--data-dir", str(glue_dir),
+                 "--sparsity", "0.5", "--criterion", criterion, "--lr", "1e-3", "--epochs", "4", "--prune-end", "0.5",
+                 "--batch-size", "4", "--max-seq-len", "16", "--save-model", "--out", str(out)]) == 0
+    assert f"(knowledge-aware sparse pruning, {criterion})" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["teacher_share"] < 1
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out / "model")
+    masks = load_masks(out / "model" / "masks.safetensors")
+    zeros = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert zeros == pytest.approx(0.5, abs=1e-3)
+    for name, mask in masks.items():
+        assert bool((model.bert.get_parameter(name).detach()[~mask] == 0).all())
+
+
 def test_pretrain_by_movement_reaches_the_exact_sparsity(tmp_path):
     out = tmp_path / "run"
     assert main(["pretrain", str(save_tiny(tmp_path / "m")), "--corpus", str(write_corpus(tmp_path / "c.txt")),

@@ -213,7 +213,7 @@ def test_cli_with_a_deeper_teacher_on_a_regression_task(tmp_path, glue_dir, caps
                  "--sparsity", "0.7", "--temperature", "2", "--alpha-hard", "0.5", "--lr", "1e-3", "--epochs", "1",
                  "--batch-size", "4", "--max-seq-len", "16", "--prune-every", "1", "--out", str(tmp_path / "kd")])
     summary = capsys.readouterr().out
-    assert code == 0 and "stsb (knowledge-aware sparse pruning)" in summary and "sparsity 70.0" in summary and "s/step" in summary
+    assert code == 0 and "stsb (knowledge-aware sparse pruning, magnitude)" in summary and "sparsity 70.0" in summary and "s/step" in summary
     metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
     assert metrics["layer_map"] == [1, 3] and metrics["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert set(metrics["dev"]["dev"]) == {*get_task("stsb").metrics, "score", "loss"}

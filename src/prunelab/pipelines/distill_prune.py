@@ -102,7 +102,7 @@ def distill_prune(cfg: DistillConfig, *, resume: bool = False, overwrite: bool =
 
     def summary(best: dict) -> dict:
         return {"teacher": cfg.teacher, "layer_map": mapping,
-                "method": "knowledge-aware sparse pruning" if teacher is not None else f"{cfg.criterion} pruning, task loss only",
+                "method": f"knowledge-aware sparse pruning, {cfg.criterion}" if teacher is not None else f"{cfg.criterion} pruning, task loss only",
                 "seconds_per_step": best["seconds_per_step"], "teacher_share": best["teacher_share"],
                 "peak_memory_mb": best["peak_memory_mb"], "peak_memory_of": _peak_memory_source()}
 
