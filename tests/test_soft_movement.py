@@ -24,6 +24,7 @@ from prunelab.masks_io import load_masks
 from prunelab.methods.learned_masks import MaskLearner
 from prunelab.pipelines.finetune import FinetuneConfig, finetune
 from prunelab.pipelines.pretrain import PretrainConfig, pretrain
+from prunelab.select import compute_masks, num_to_prune
 
 FAST = dict(batch_size=4, max_seq_len=16, logging_steps=1, progress=False)
 
@@ -222,3 +223,24 @@ def test_soft_movement_refuses_what_cannot_work_in_one_line_and_writes_nothing(t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model_type", [t for t in MODEL_TYPES if t not in ("bert", "roberta")])
+@pytest.mark.parametrize("criterion", ["movement", "soft-movement"])
+def test_movement_criteria_on_every_other_architecture(tmp_path, glue_dir, model_type, criterion):  # noqa: F811
+    """Both movement criteria on the architectures the tests above leave out (finetune --prune-after-epochs, which
+    XLNet takes too): exact held masks that plain transformers loads, chosen by the scores, not by magnitude."""
+    model_dir = save_tiny_mlm(tmp_path / "m", model_type)
+    finetune(FinetuneConfig(model=str(model_dir), task="rte", data_dir=str(glue_dir), lrs=[1e-3], prune_after_epochs=1,
+                            epochs=1, sparsity=0.5, criterion=criterion, save_model=True, out=str(tmp_path / "run"), **FAST))
+    masks = load_masks(tmp_path / "run" / "model" / "masks.safetensors")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
+    if criterion == "soft-movement":
+        check_held_masks(model, masks, 0.5)  # one selection over all targets
+    else:
+        for name, mask in masks.items():  # one per matrix
+            assert int((~mask).sum()) == num_to_prune(0.5, mask.numel()), name
+            assert bool((model.base_model.get_parameter(name).detach()[~mask] == 0).all()), name
+    dense = transformers.AutoModel.from_pretrained(model_dir)
+    by_magnitude = compute_masks({n: dense.get_parameter(n).detach() for n in masks}, 0.5)
+    assert any(not torch.equal(masks[n], by_magnitude[n]) for n in masks)
