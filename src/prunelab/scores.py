@@ -54,9 +54,8 @@ def wanda(weight: torch.Tensor, *, name: str = "", seed: int = 0, stat: torch.Te
 
 
 CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "random": random, "movement": movement, "wanda": wanda}
-# Criteria whose `stat` comes from training (the pruner) or from calibration data (one-shot, ``prunelab prune``).
+# Criteria whose `stat` comes from training (the pruner); those calibrated one-shot are ``config.CALIBRATED``.
 DURING_TRAINING = ("movement",)
-CALIBRATED = ("wanda",)
 
 
 def get_criterion(name: str) -> Criterion:
