@@ -216,12 +216,33 @@ def test_prune_with_a_calibration_corpus(tmp_path):
     assert json.loads((tmp_path / "out" / "prunelab.json").read_text())["calibration"]["source"] == "corpus"
 
 
+def test_prune_by_sparsegpt_with_compress_loads_back_its_updated_weights(tmp_path):
+    """--compress stores SparseGPT's result (its kept weights updated, not the dense ones) bit for bit."""
+    import prunelab
+
+    model, corpus = save_tiny(tmp_path / "m"), write_corpus(tmp_path / "c.txt", lines=60)
+    common = ["prune", str(model), "--criterion", "sparsegpt", "--sparsity", "0.5", "--calibration-corpus", str(corpus),
+              "--calibration-samples", "4", "--max-seq-len", "16"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--compress", "--out", str(tmp_path / "small")]) == 0
+    plain, small = prunelab.from_pretrained(tmp_path / "plain"), prunelab.from_pretrained(tmp_path / "small")
+    dense = prunelab.from_pretrained(model).model.state_dict()
+    assert plain.masks.keys() == small.masks.keys() and all(torch.equal(plain.masks[n], small.masks[n]) for n in plain.masks)
+    weights = small.model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in plain.model.state_dict().items())
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    kept = small.masks["encoder.layer.0.attention.self.query.weight"]
+    assert not torch.equal(weights[name][kept], dense[name][kept])  # SparseGPT moved the weights it kept
+
+
 @pytest.mark.parametrize("argv, says", [
     (["prune", "{m}", "--criterion", "wanda", "--sparsity", "0.5", "--out", "{o}"], "--criterion wanda needs calibration data"),
     (["prune", "{m}", "--criterion", "sparsegpt", "--sparsity", "0.5", "--calibration", "rte", "--data-dir", "{g}",
       "--out", "{o}"], "calibration asks for 128 sequences but the training split of rte gives 16"),
     (["prune", "{m}", "--criterion", "movement", "--sparsity", "0.5", "--out", "{o}"],
      "--criterion movement does not apply to prunelab prune (it accumulates its scores while the model trains"),
+    (["prune", "{m}", "--criterion", "wanda", "--sparsity", "0.5", "--calibration-corpus", "{e}", "--out", "{o}"],
+     "has no text"),  # an empty calibration set
     (["prune", "{m}", "--sparsity", "0.5", "--calibration", "rte", "--data-dir", "{g}", "--out", "{o}"],
      "--calibration applies to --criterion wanda or sparsegpt, not magnitude"),
     (["prune", "{m}", "--criterion", "sparsegpt", "--scope", "global", "--sparsity", "0.5", "--calibration", "rte",
@@ -245,7 +266,8 @@ def test_prune_with_a_calibration_corpus(tmp_path):
 ])
 def test_bad_criterion_input_is_one_line_and_writes_nothing(tmp_path, glue_dir, capsys, argv, says):  # noqa: F811
     names = {"m": str(save_tiny(tmp_path / "m")), "o": str(tmp_path / "out"), "g": str(glue_dir),
-             "c": str(write_corpus(tmp_path / "c.txt"))}
+             "c": str(write_corpus(tmp_path / "c.txt")), "e": str(tmp_path / "empty.txt")}
+    (tmp_path / "empty.txt").write_text("")
     capsys.readouterr()  # what saving the fixtures printed
     assert main([a.format(**names) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
